@@ -1,0 +1,116 @@
+"""BaseTransform: one named graph rewrite with declared pre/post requirements."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+import torch.nn as nn
+from torch.fx import GraphModule
+
+from ..utils.logger import logger
+from .graph_utils import canonicalize_graph, run_shape_prop
+from .interface import BuildProblem, SharedConfig, TransformConfig, TransformInfo
+
+if TYPE_CHECKING:
+    from ..models.factory import ModelFactory
+    from ..shim.interface import CachedSequenceInterface
+
+
+class BaseTransform(ABC):
+    """Subclass, implement ``_apply``, and register with ``@TransformRegistry.register(name)``.
+
+    ``_apply`` returns the (possibly new) module and a ``TransformInfo``. Report
+    ``is_clean=True`` / ``has_valid_shapes=True`` when the transform did not disturb the graph, so
+    the pass manager can skip needless cleanup and shape propagation.
+    """
+
+    _transform_key: ClassVar[str] = ""
+
+    def __init__(self, config: TransformConfig):
+        self.config = config
+
+    @classmethod
+    def get_config_class(cls) -> type[TransformConfig]:
+        """The pydantic config class of this transform (override to add fields)."""
+        return TransformConfig
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> BaseTransform:
+        return cls(cls.get_config_class()(**kwargs))
+
+    @property
+    def name(self) -> str:
+        return self._transform_key or type(self).__name__
+
+    @final
+    def __call__(
+        self,
+        mod: nn.Module,
+        cm: CachedSequenceInterface | None,
+        factory: ModelFactory | None,
+        shared_config: SharedConfig,
+        last_info: TransformInfo,
+    ) -> tuple[nn.Module, TransformInfo]:
+        """Run pre-cleanup, the transform and post-cleanup, each only where it is needed."""
+        cfg = self.config
+        is_graph = isinstance(mod, GraphModule)
+        if is_graph:
+            last_info = self._cleanup(
+                mod, last_info, cfg.requires_clean_graph, cfg.requires_shape_prop, "pre"
+            )
+        mod, info = self._apply(mod, cm, factory, shared_config)
+        # A transform vouches only for what it did; the graph stays as clean as it was before.
+        info = TransformInfo(
+            skipped=info.skipped,
+            num_matches=info.num_matches,
+            is_clean=info.is_clean and last_info.is_clean,
+            has_valid_shapes=info.has_valid_shapes and last_info.has_valid_shapes,
+        )
+        if isinstance(mod, GraphModule):
+            info = self._cleanup(mod, info, cfg.run_graph_cleanup, cfg.run_shape_prop, "post")
+        return mod, info
+
+    def _cleanup(
+        self, gm: GraphModule, info: TransformInfo, clean: bool, shapes: bool, when: str
+    ) -> TransformInfo:
+        if shapes and not (info.is_clean and info.has_valid_shapes):
+            start = time.perf_counter()
+            canonicalize_graph(gm)
+            run_shape_prop(gm)
+            logger.debug("%s-cleanup with shape propagation: %.1f ms", when, _ms_since(start))
+            return info.model_copy(update={"is_clean": True, "has_valid_shapes": True})
+        if clean and not info.is_clean:
+            start = time.perf_counter()
+            canonicalize_graph(gm)
+            logger.debug("%s-cleanup: %.1f ms", when, _ms_since(start))
+            return info.model_copy(update={"is_clean": True})
+        return info
+
+    @abstractmethod
+    def _apply(
+        self,
+        gm: nn.Module,
+        cm: CachedSequenceInterface | None,
+        factory: ModelFactory | None,
+        shared_config: SharedConfig,
+    ) -> tuple[nn.Module, TransformInfo]:
+        """Rewrite ``gm`` and say what was done."""
+
+    def report_problem(self, shared_config: SharedConfig, message: str) -> None:
+        """Record something the end-of-build summary must show (an error in strict mode)."""
+        from ..utils.errors import BuildError
+
+        problem = BuildProblem(transform=self.name, stage=self.config.stage.value, message=message)
+        if shared_config.strict:
+            raise BuildError(
+                f"[{problem.stage}/{problem.transform}] {message} "
+                "(strict mode is on; set `strict: false` to continue with a warning)"
+            )
+        logger.warning(message)
+        shared_config.problems.append(problem)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

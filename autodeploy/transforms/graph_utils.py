@@ -1,0 +1,144 @@
+"""Graph helpers shared by transforms: cleanup, shape propagation, node queries, new inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx import GraphModule, Node
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+OpLike = Any  # an OpOverloadPacket, OpOverload or Python callable used as a call_function target
+
+
+def canonicalize_graph(gm: GraphModule) -> None:
+    """Remove dead code and unused submodules, check the graph, and regenerate ``forward``."""
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+
+
+def fake_mode_of(gm: GraphModule) -> FakeTensorMode:
+    """The fake mode of the graph's inputs (from export), or a fresh one that allows real params."""
+    vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    mode = detect_fake_mode([v for v in vals if v is not None])
+    if mode is None:
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    return mode
+
+
+def run_shape_prop(gm: GraphModule) -> None:
+    """Refresh ``node.meta['val']`` on every node with fake tensors (symbolic shapes kept)."""
+    mode = fake_mode_of(gm)
+    inputs = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if val is None:
+            raise RuntimeError(
+                f"Graph input {node.name!r} has no example value (node.meta['val']); transforms "
+                "that add inputs must set it (see graph_utils.add_graph_input)."
+            )
+        inputs.append(val)
+    prev = mode.allow_non_fake_inputs
+    mode.allow_non_fake_inputs = True  # parameters are real (or meta) tensors, not fakes
+    try:
+        with mode:
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
+    finally:
+        mode.allow_non_fake_inputs = prev
+
+
+def is_op(node: Node, ops: OpLike | Iterable[OpLike]) -> bool:
+    """True if ``node`` calls one of ``ops`` (an overload packet matches all its overloads)."""
+    if node.op != "call_function":
+        return False
+    if not isinstance(ops, (list, tuple, set, frozenset)):
+        ops = (ops,)
+    target = node.target
+    for op in ops:
+        if target is op:
+            return True
+        packet = getattr(target, "overloadpacket", None)
+        if packet is not None and packet is op:
+            return True
+    return False
+
+
+def find_nodes(gm: GraphModule, ops: OpLike | Iterable[OpLike]) -> list[Node]:
+    return [n for n in gm.graph.nodes if is_op(n, ops)]
+
+
+def count_ops(gm: GraphModule, ops: OpLike | Iterable[OpLike]) -> int:
+    return len(find_nodes(gm, ops))
+
+
+def placeholders(gm: GraphModule) -> list[Node]:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def add_graph_input(gm: GraphModule, name: str, example: torch.Tensor | None = None) -> Node:
+    """Add (or return the existing) placeholder ``name``; set its fake value from ``example``.
+
+    New inputs go after the existing ones, so keyword calls ``gm(**named_args)`` keep working.
+    """
+    for node in placeholders(gm):
+        if node.target == name:
+            return node
+    existing = placeholders(gm)
+    anchor = existing[-1] if existing else None
+    if anchor is None:
+        with gm.graph.inserting_before(next(iter(gm.graph.nodes), None)):
+            node = gm.graph.placeholder(name)
+    else:
+        with gm.graph.inserting_after(anchor):
+            node = gm.graph.placeholder(name)
+    if example is not None:
+        mode = fake_mode_of(gm)
+        node.meta["val"] = mode.from_tensor(example, static_shapes=True)
+    return node
+
+
+def get_attr_value(gm: GraphModule, node: Node) -> Any:
+    """The tensor (or submodule) a ``get_attr`` node refers to."""
+    assert node.op == "get_attr", node.op
+    value: Any = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def replace_with(node: Node, new: Node) -> None:
+    """Point every user of ``node`` at ``new`` and drop ``node``."""
+    node.replace_all_uses_with(new)
+    node.graph.erase_node(node)
+
+
+def named_graphmodules(mod: torch.nn.Module) -> Iterable[tuple[str, GraphModule]]:
+    for name, sub in mod.named_modules():
+        if isinstance(sub, GraphModule):
+            yield name, sub
+
+
+def node_val(node: Any) -> Any:
+    """The example value recorded on a node (``None`` for non-nodes or missing metadata)."""
+    return node.meta.get("val") if isinstance(node, Node) else None
+
+
+def map_targets(gm: GraphModule, mapping: dict[OpLike, Callable]) -> int:
+    """Swap call targets (same signature) per ``mapping``; return how many nodes changed."""
+    changed = 0
+    for node in gm.graph.nodes:
+        for src, dst in mapping.items():
+            if is_op(node, src):
+                node.target = dst
+                changed += 1
+                break
+    return changed
