@@ -15,9 +15,12 @@ OpLike = Any  # an OpOverloadPacket, OpOverload or Python callable used as a cal
 
 
 def canonicalize_graph(gm: GraphModule) -> None:
-    """Remove dead code and unused submodules, check the graph, and regenerate ``forward``."""
+    """Remove dead code, check the graph, and regenerate ``forward``.
+
+    Unused submodules and parameters stay: they may be aliases (tied weights) or checkpoint keys
+    that load hooks expect. A transform that makes a weight obsolete deletes it itself.
+    """
     gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
 

@@ -43,6 +43,9 @@ class InferenceOptimizer:
         instruments: Sequence[Instrument] | None = None,
         resolved_config: dict[str, Any] | None = None,
     ):
+        from ..plugins import load_plugins
+
+        load_plugins()  # AUTODEPLOY_PLUGINS may have been set after `import autodeploy`
         self.factory = factory
         parsed = parse_transform_configs(config)
         ordered = sorted(parsed.items(), key=lambda item: item[1].stage.order)

@@ -1,0 +1,28 @@
+"""build_model: ask the factory for the model, parameters on the meta device."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ....utils.errors import ConfigError
+from ...base import BaseTransform
+from ...interface import SharedConfig, TransformInfo
+from ...registry import TransformRegistry
+
+
+@TransformRegistry.register("build_model")
+class BuildModel(BaseTransform):
+    """Build the source model from the factory (no weights yet).
+
+    before: an empty ``nn.Module``
+    after:  the model (e.g. ``LlamaForCausalLM``), parameters on meta, buffers real
+    """
+
+    def _apply(self, gm, cm, factory, shared_config: SharedConfig):
+        if factory is None:
+            raise ConfigError(
+                "build_model needs a model factory; pass one to InferenceOptimizer(factory, cfg) "
+                "or disable build_model and pass the module to optimizer(cm, mod)."
+            )
+        model: nn.Module = factory.build_model(device="meta")
+        return model, TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True)

@@ -1,0 +1,86 @@
+"""Tiny random-weight configs of real Hugging Face architectures, shared by the tests.
+
+Every config has 2 layers, hidden size 64, 4 attention heads (2 KV heads where the architecture
+has GQA) and a 256-token vocabulary, so a model builds and exports in about a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+_COMMON = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+    # Special tokens inside the tiny vocabulary (the defaults point past it).
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+_GQA = dict(num_key_value_heads=2)
+
+# architecture name -> (config class name, extra settings)
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", _GQA),
+    "mistral": ("MistralConfig", {**_GQA, "sliding_window": 8}),
+    "qwen2": ("Qwen2Config", _GQA),
+    "qwen3": ("Qwen3Config", {**_GQA, "head_dim": 16}),
+    "phi3": ("Phi3Config", _GQA),
+    "gemma": ("GemmaConfig", {**_GQA, "head_dim": 16}),
+    "gemma2": (
+        "Gemma2Config",
+        {
+            **_GQA,
+            "head_dim": 16,
+            "sliding_window": 8,
+            "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0,
+            "query_pre_attn_scalar": 16,
+        },
+    ),
+    "granite": (
+        "GraniteConfig",
+        {
+            **_GQA,
+            "attention_multiplier": 0.2,
+            "embedding_multiplier": 2.0,
+            "residual_multiplier": 0.5,
+            "logits_scaling": 4.0,
+        },
+    ),
+    "olmo2": ("Olmo2Config", _GQA),
+    "starcoder2": ("Starcoder2Config", {**_GQA, "sliding_window": None}),
+    "gpt_neox": ("GPTNeoXConfig", {"rotary_pct": 0.5}),
+    "phi": ("PhiConfig", {"partial_rotary_factor": 0.5}),
+    "smollm3": ("SmolLM3Config", _GQA),
+    "glm": ("GlmConfig", {**_GQA, "head_dim": 16}),
+}
+
+
+def tiny_config(arch: str, **overrides: Any) -> transformers.PretrainedConfig:
+    """A tiny config of ``arch`` (see ARCHITECTURES); ``overrides`` win."""
+    class_name, extra = ARCHITECTURES[arch]
+    config_cls = getattr(transformers, class_name)
+    return config_cls(**{**_COMMON, **extra, **overrides})
+
+
+def tiny_model(arch: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """An fp32 eval-mode HF model with random weights (eager attention as the reference)."""
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return model.eval()
+
+
+def save_tiny(path: Path, arch: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """Write a tiny checkpoint (config.json + model.safetensors) to ``path``; return the model."""
+    model = tiny_model(arch, seed=seed, **overrides)
+    model.save_pretrained(path)
+    return model
