@@ -1,0 +1,50 @@
+"""dump_graph writes one graph per transform, the resolved config and the summary."""
+
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "autodeploy.tools.dump_graph", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_dumps_stop_after_and_disable(tmp_path):
+    out = tmp_path / "dump"
+    result = run(
+        "--out",
+        str(out),
+        "--stop-after",
+        "cleanup_noop_add",
+        "--disable",
+        "cleanup_noop_slice",
+        "--args.model-kwargs.num-hidden-layers=1",
+    )
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "001_build_model.txt",
+        "002_export_to_gm.txt",
+        "004_cleanup_noop_add.txt",
+        "config.yaml",
+        "summary.txt",
+    ]
+    graph = (out / "002_export_to_gm.txt").read_text()
+    assert "def forward(self, input_ids, position_ids)" in graph
+    assert graph.count("torch.ops.auto_deploy.torch_attention.default(") == 1  # one layer
+    summary = (out / "summary.txt").read_text()
+    for column in ("transform", "stage", "matches", "ms", "skipped"):
+        assert column in summary
+    assert "cleanup_noop_slice" in summary and "disabled" in summary
+    config = (out / "config.yaml").read_text()
+    assert "num_hidden_layers: 1" in config and "# cli" in config
+
+
+def test_bad_transform_name_is_a_clear_error(tmp_path):
+    result = run("--out", str(tmp_path), "--stop-after", "export_to_g")
+    assert result.returncode == 2
+    assert "'export_to_g' is not in the pipeline. Did you mean 'export_to_gm'" in result.stderr
