@@ -1,0 +1,1 @@
+"""Rotary position embedding ops (rotate-half, complex frequencies, interleaved pairs)."""

@@ -1,0 +1,1 @@
+"""Transforms of stage pattern_matcher: eager subgraphs become canonical ``auto_deploy`` ops."""
