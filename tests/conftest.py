@@ -12,8 +12,27 @@ os.environ.setdefault("AUTODEPLOY_LOG_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+# Without a GPU, Triton kernels run in its interpreter. Triton reads this once, when it is first
+# imported (importing autodeploy imports it), so it must be set before any test module loads.
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Under pytest-xdist every worker gets one core: more threads only oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

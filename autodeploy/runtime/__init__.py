@@ -1,0 +1,15 @@
+"""The generation runtime: requests in, tokens out, over an optimized model.
+
+- ``llm.LLM``: the user API (``generate``, ``chat``, ``shutdown``; a context manager);
+- ``sampling.SamplingParams``: per-request decoding and stop settings;
+- ``engine.Engine``: the step loop (schedule -> pages -> ``nest_sequences`` -> forward ->
+  ``gather_last_logits`` -> sample -> stop checks);
+- ``scheduler.Scheduler``: FCFS continuous batching with chunked prefill;
+- ``kv_block_manager.KVBlockManager``: pages of the paged KV cache per sequence;
+- ``sampler.Sampler``: vectorized greedy / temperature / top-k / top-p sampling;
+- ``request``: the engine's request state and the ``RequestOutput`` / ``CompletionOutput`` types;
+- ``builder.build_from_args``: ``LlmArgs`` -> factory, sequence interface, optimized model,
+  tokenizer.
+
+``autodeploy.LLM`` / ``autodeploy.SamplingParams`` import this package lazily.
+"""

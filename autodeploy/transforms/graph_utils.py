@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch._dispatch.python import enable_python_dispatcher
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import GraphModule, Node
@@ -53,7 +54,9 @@ def run_shape_prop(gm: GraphModule) -> None:
     prev = mode.allow_non_fake_inputs
     mode.allow_non_fake_inputs = True  # parameters are real (or meta) tensors, not fakes
     try:
-        with mode:
+        # The Python dispatcher lets symbolic-shape decompositions run; without it torch 2.11
+        # fails on some ops with symbolic sizes (e.g. matmul of a fused GEMM's output).
+        with mode, enable_python_dispatcher():
             FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
     finally:
         mode.allow_non_fake_inputs = prev

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import enum
-import functools
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-@functools.total_ordering
 class Stages(str, enum.Enum):
     """Pipeline stages in the order they run. Transforms are sorted by stage (stable)."""
 
@@ -27,10 +25,19 @@ class Stages(str, enum.Enum):
     def order(self) -> int:
         return list(Stages).index(self)
 
+    # All four comparisons are explicit: as a ``str`` subclass, functools.total_ordering would
+    # keep str's own <=, >, >= (alphabetical order) instead of deriving them from __lt__.
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Stages):
-            return NotImplemented
-        return self.order < other.order
+        return self.order < other.order if isinstance(other, Stages) else NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return self.order <= other.order if isinstance(other, Stages) else NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        return self.order > other.order if isinstance(other, Stages) else NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        return self.order >= other.order if isinstance(other, Stages) else NotImplemented
 
     def __str__(self) -> str:
         return self.value

@@ -150,14 +150,24 @@ def _store_meta(
     records: list[TransformRecord],
     problems: list[BuildProblem],
 ) -> None:
-    if not isinstance(mod, GraphModule):
+    """Record the history on the graph (inside a compile wrapper if compile returned one)."""
+    gm = mod if isinstance(mod, GraphModule) else _inner_graph(mod)
+    if gm is None:
         return
-    mod.meta[META_KEY] = {
+    gm.meta[META_KEY] = {
         "transform_history": OrderedDict(history),
         "records": list(records),
         "summary": [r.as_row() for r in records],
         "problems": list(problems),
+        **{k: v for k, v in gm.meta.get(META_KEY, {}).items() if k not in _HISTORY_KEYS},
     }
+
+
+_HISTORY_KEYS = ("transform_history", "records", "summary", "problems")
+
+
+def _inner_graph(mod: nn.Module) -> GraphModule | None:
+    return next((m for m in mod.modules() if isinstance(m, GraphModule)), None)
 
 
 def build_summary(mod: nn.Module) -> list[dict[str, Any]]:

@@ -254,3 +254,14 @@ def test_registering_a_name_twice_is_an_error():
 
     with pytest.raises(RegistryError, match="'_opt_a' is already registered"):
         TransformRegistry.register("_opt_a")(type("Other", (_Record,), {}))
+
+
+def test_stage_comparisons_follow_pipeline_order_not_the_alphabet():
+    from autodeploy.transforms import Stages
+
+    stages = list(Stages)
+    for a in stages:
+        for b in stages:
+            assert (a < b) == (a.order < b.order) and (a <= b) == (a.order <= b.order)
+            assert (a > b) == (a.order > b.order) and (a >= b) == (a.order >= b.order)
+    assert not Stages.CACHE_INIT <= Stages.WEIGHT_LOAD  # alphabetically "c" < "w"
