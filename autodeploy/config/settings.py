@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ..utils.errors import ConfigError
 from ..utils.suggest import did_you_mean
 from .layers import Provenance, build_layers, iter_leaves, merge_layers, normalize_path_list
+from .model_registry import register_registry_layers
 from .shortcuts import apply_shortcuts, fill_from_defaults
 from .validation import (
     annotate_transform_error,
@@ -75,6 +76,9 @@ class KvCacheConfig(BaseModel):
     dtype: KvDtypeName = Field(
         default="auto", description="Cache element type; 'auto' uses the model's dtype."
     )
+
+
+register_registry_layers()  # the registry layers sit between default.yaml and yaml_extra
 
 
 class LlmArgs(BaseSettings):
@@ -154,6 +158,22 @@ class LlmArgs(BaseSettings):
     yaml_extra: list[str] = Field(
         default_factory=list,
         description="YAML files merged over default.yaml, in order (a later file wins).",
+    )
+    use_registry: bool = Field(
+        default=False,
+        description="Apply the model registry's settings for `model` (found by name, or by its "
+        "config's architecture): its config files go between default.yaml and yaml_extra, so "
+        "your own files and arguments still win. See autodeploy/config/model_registry.",
+    )
+    strict_registry: bool = Field(
+        default=False,
+        description="With use_registry: a model the registry does not know, a disabled entry or "
+        "a (world_size, max_seq_len, max_batch_size) it does not list is an error, not a warning.",
+    )
+    registry_config_id: str | None = Field(
+        default=None,
+        description="With use_registry: the variant (config_id) of the model's registry entry; "
+        "None takes the 'default' one.",
     )
     strict: bool = Field(
         default=False,
