@@ -1,7 +1,8 @@
 """Shortcut fields that stand for one key of one transform's config.
 
-``attn_backend`` is ``transforms.insert_cached_attention.backend`` and ``compile_backend`` is
-``transforms.compile_model.backend``. Rule (decided here, tested in tests/config):
+``attn_backend`` is ``transforms.insert_cached_attention.backend``, ``compile_backend`` is
+``transforms.compile_model.backend`` and ``cuda_graph_batch_sizes`` is
+``transforms.compile_model.cuda_graph_batch_sizes``. Rule (decided here, tested in tests/config):
 
 - the shortcut wins when it was set in a layer at least as high as the layer that set the
   transform key (an explicit ``attn_backend=...`` argument beats any YAML; within one layer the
@@ -32,6 +33,7 @@ class ShortcutTarget:
 TRANSFORM_SHORTCUTS: dict[str, ShortcutTarget] = {
     "attn_backend": ShortcutTarget("insert_cached_attention", "backend", "cache_init"),
     "compile_backend": ShortcutTarget("compile_model", "backend", "compile"),
+    "cuda_graph_batch_sizes": ShortcutTarget("compile_model", "cuda_graph_batch_sizes", "compile"),
 }
 
 

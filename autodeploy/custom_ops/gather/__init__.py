@@ -1,0 +1,1 @@
+"""Token gather ops (logits only for the tokens that are sampled)."""
