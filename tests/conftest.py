@@ -1,5 +1,6 @@
 """Suite-wide settings: graph verification after every transform; GPU tests skip without CUDA."""
 
+import logging
 import os
 import sys
 
@@ -42,3 +43,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def ad_logs(caplog):
+    """caplog for the autodeploy logger (which does not propagate to the root logger)."""
+    from autodeploy.utils.logger import logger
+
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger="autodeploy")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

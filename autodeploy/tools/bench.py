@@ -6,7 +6,6 @@
     python -m autodeploy.tools.bench --preset llama3.2-1b --batch-sizes 1 --out bench.json
     python -m autodeploy.tools.bench --systems ours:flashinfer+torch-cudagraph,hf-eager
     python -m autodeploy.tools.bench --preset tiny --device cpu --isl 8 --osl 4   # smoke run
-    python -m autodeploy.tools.bench --host-only --preset llama3.2-1b   # host work per step
 
 Options: ``--preset`` (comma list of ``autodeploy/models/presets/*.yaml``; default
 ``llama3.2-1b,llama3.1-8b`` on CUDA, ``tiny`` on CPU), ``--systems`` (``hf-eager``,
@@ -15,13 +14,13 @@ hf-static-compile,ours:triton+torch-cudagraph``, on CPU ``hf-eager,ours:torch+to
 FlashInfer only when named, its kernels are compiled on first use), ``--isl``/``--osl``
 (128/128), ``--batch-sizes`` (1,16), ``--repeats`` (best of, >= 3 by default), ``--dtype``
 (bfloat16), ``--device``, ``--out FILE`` (JSON list of records, rewritten after every record),
-``--warmup-tokens``, ``--ours-yaml FILE ...`` (``yaml_extra`` for ours), ``--host-only``,
+``--warmup-tokens``, ``--ours-yaml FILE ...`` (``yaml_extra`` for ours),
 ``--fail-fast``, ``--verbose`` (autodeploy's INFO logs).
 
 Systems run one after another; each is freed (model, caches, compiled graphs) before the next.
 All run the same random weights (the model factory's seed) on the same random prompts
 (``--seed``). How time per step is measured: ``bench_measure.py``; the systems:
-``bench_systems.py``; host-only mode: ``bench_host.py``.
+``bench_systems.py``. Host work per step without a model: ``autodeploy.tools.host_overhead``.
 
 Record fields: model, system, batch, isl, osl, dtype, device, ms_per_step, decode_tok_s
 (batch / s per step), roofline_ms (weight bytes per step / ``--hbm-tb-s``, 3.35 TB/s = H100
@@ -31,7 +30,7 @@ warmup_s, peak_mem_gib (max allocated while the system ran; null on CPU), t_osl_
 repeats, cuda_graph (ours: captured sizes, replays, fallbacks in the timed runs),
 host_ms_per_step / engine_forward_ms_per_step (ours: engine split of a decode step),
 greedy_match (leading equal tokens of row 0 against each system that ran before on the same
-model and batch), host_only, versions {torch, triton, transformers, flashinfer}, gpu, and per
+model and batch), versions {torch, triton, transformers, flashinfer}, gpu, and per
 system extras (ours: build_problems, transforms; hf-static-compile: hf_compiled). A system
 that fails gives one record with ``error`` and the run goes on (exit status 1 at the end).
 """
@@ -122,8 +121,6 @@ def run_system(
     system = make_system(
         spec,
         shape,
-        host_only=ns.host_only,
-        vocab_size=preset.vocab_size,
         yaml_extra=ns.ours_yaml,
     )
     records = []
@@ -166,7 +163,6 @@ def run_system(
                     other: leading_equal(m.first_row_tokens, seen)
                     for other, seen in tokens_seen.items()
                 },
-                "host_only": bool(ns.host_only),
                 **context["env"],
                 **system.build_info(),
             }

@@ -40,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of the random prompts")
     add("--hbm-tb-s", type=float, default=3.35, help="memory bandwidth for roofline_ms (TB/s)")
     add("--ours-yaml", nargs="+", default=[], help="yaml_extra files for the ours systems")
-    add("--host-only", action="store_true", help="ours' engine over an instant model")
     add("--fail-fast", action="store_true", help="stop at the first failing system")
     add("--verbose", action="store_true", help="show autodeploy's INFO logs")
     return parser
@@ -74,8 +73,6 @@ def resolve(ns: argparse.Namespace) -> dict[str, Any]:
     """Checked options with the device-dependent defaults filled in."""
     device = resolve_device(ns.device)
     presets_default, systems_default = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
-    if ns.host_only and ns.systems is None:
-        systems_default = "ours"
     if ns.osl < 2 or ns.isl < 1:
         raise ConfigError(f"--isl must be >= 1 and --osl >= 2 (got {ns.isl}, {ns.osl}).")
     if ns.repeats < 1 or ns.warmup_tokens < 1:
@@ -85,8 +82,6 @@ def resolve(ns: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--ours-yaml: {path!r} does not exist.")
     names = [p.strip() for p in (ns.preset or presets_default).split(",") if p.strip()]
     systems = parse_systems(ns.systems or systems_default, device.type)
-    if ns.host_only and any(spec.kind != "ours" for spec in systems):
-        raise ConfigError("--host-only measures autodeploy's engine: list only ours systems.")
     return {
         "device": device,
         "dtype": torch_dtype(ns.dtype),

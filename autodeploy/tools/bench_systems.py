@@ -7,9 +7,7 @@
   ``mode="reduce-overhead"``, i.e. CUDA graphs; prefill stays eager). CUDA only;
 - ``ours:<attn>+<compile>``: ``autodeploy.LLM`` with that attention and compile backend,
   random weights initialized on the device (``skip_loading_weights``), the paged KV pool sized
-  for the largest batch, CUDA graphs for exactly the benchmarked batch sizes;
-- with ``host_only``, ``ours`` runs the real engine over a model that returns precomputed
-  logits at once (``bench_host.py``): what is left is host work per step.
+  for the largest batch, CUDA graphs for exactly the benchmarked batch sizes.
 
 Every system generates greedily, exactly ``num_tokens`` new tokens per row (end-of-sequence
 ignored), and returns the new tokens of every row.
@@ -289,14 +287,8 @@ def make_system(
     spec: SystemSpec,
     shape: RunShape,
     *,
-    host_only: bool = False,
-    vocab_size: int | None = None,
     yaml_extra: list[str] | None = None,
 ) -> BenchSystem:
     if spec.kind in HF_SYSTEMS:
         return HfSystem(spec, shape)
-    if host_only:
-        from .bench_host import HostOnlySystem
-
-        return HostOnlySystem(spec, shape, vocab_size=int(vocab_size or 0))
     return OursSystem(spec, shape, yaml_extra)

@@ -19,8 +19,7 @@ Each number is the best of ``repeats`` rounds of ``steps`` steps (the mean per s
 round; the best, because other processes on the machine only ever add time). With
 ``--device cuda`` the metadata copy and the argmax really go to the GPU (the argmax then
 includes a device synchronisation). The GPU benchmark with real models is
-``autodeploy.tools.bench`` (its host-only mode, ``bench_host.py``, runs the same engine loop
-inside the benchmark); this tool only isolates the host side, with no other dependency.
+``autodeploy.tools.bench``; this tool isolates the host side, with no other dependency.
 """
 
 from __future__ import annotations

@@ -18,17 +18,6 @@ from autodeploy.compile.backends.torch_cudagraph import (
 )
 from autodeploy.compile.registry import CompileBackendUnavailableError
 from autodeploy.utils.errors import ConfigError
-from autodeploy.utils.logger import logger
-
-
-@pytest.fixture
-def ad_logs(caplog):
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="autodeploy")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def make_runner(sizes=(1, 2, 4, 6), max_batch_size=8, warmups=2, **kwargs):

@@ -7,10 +7,9 @@ the real default.yaml, except tests/config/test_default_yaml.py.
 
 from __future__ import annotations
 
-import logging
 import os
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from torch import nn
 
 from autodeploy.config import layers, shortcuts
 from autodeploy.transforms import BaseTransform, TransformConfig, TransformInfo, TransformRegistry
-from autodeploy.utils.logger import logger
 
 
 class _Noop(BaseTransform):
@@ -106,14 +104,3 @@ def write_yaml(tmp_path: Path) -> Callable[[str, str], str]:
         return name
 
     return write
-
-
-@pytest.fixture
-def ad_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog for the autodeploy logger (which does not propagate to the root logger)."""
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="autodeploy")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)

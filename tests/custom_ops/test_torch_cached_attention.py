@@ -29,22 +29,33 @@ METADATA = ("batch_info_host", "cu_seqlen", "input_pos", "cache_loc", "cu_num_pa
 class PagedHarness:
     """Sequences with known full q/k/v, fed to the cached op step by step on shuffled pages."""
 
-    def __init__(self, lengths, num_heads=4, num_kv_heads=2, head_dim=8, page_size=4,
-                 dtype=torch.float32, seed=0, **features):
+    def __init__(
+        self,
+        lengths,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        page_size=4,
+        dtype=torch.float32,
+        seed=0,
+        **features,
+    ):
         gen = torch.Generator().manual_seed(seed)
         self.q = [torch.randn(n, num_heads, head_dim, generator=gen).to(dtype) for n in lengths]
         self.k = [torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype) for n in lengths]
         self.v = [torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype) for n in lengths]
         self.features = features
-        self.info = SequenceInfo(max_seq_len=64, max_batch_size=8, max_num_tokens=128,
-                                 page_size=page_size)
+        self.info = SequenceInfo(
+            max_seq_len=64, max_batch_size=8, max_num_tokens=128, page_size=page_size
+        )
         num_pages = 8 * 16 + 1
         self.info.set_num_pages(num_pages)
         free = list(range(1, num_pages))
         random.Random(seed).shuffle(free)  # pages of a sequence are not contiguous
-        self.pages = [free[i * 16:(i + 1) * 16] for i in range(len(lengths))]
-        self.kv_cache = torch.randn(num_pages, 2, num_kv_heads, page_size, head_dim,
-                                    generator=gen).to(dtype)  # garbage must never be read
+        self.pages = [free[i * 16 : (i + 1) * 16] for i in range(len(lengths))]
+        self.kv_cache = torch.randn(
+            num_pages, 2, num_kv_heads, page_size, head_dim, generator=gen
+        ).to(dtype)  # garbage must never be read
         self.pos = [0] * len(lengths)
         self.page_size = page_size
 
@@ -63,9 +74,15 @@ class PagedHarness:
         shape = (self.info.batch_size, 1) if self.info.is_decode_only else (1, q.shape[0])
         q, k, v = (t.reshape(*shape, *t.shape[1:]) for t in (q, k, v))
         out = cached_attention(
-            q, k, v, *(self.info.get_arg(name) for name in METADATA), self.kv_cache,
-            self.features.get("scale"), self.features.get("sliding_window"),
-            self.features.get("logit_cap"), self.features.get("sinks"),
+            q,
+            k,
+            v,
+            *(self.info.get_arg(name) for name in METADATA),
+            self.kv_cache,
+            self.features.get("scale"),
+            self.features.get("sliding_window"),
+            self.features.get("logit_cap"),
+            self.features.get("sinks"),
         )
         assert out.shape == q.shape and out.dtype == q.dtype
         out = out.reshape(-1, *out.shape[2:])
@@ -73,12 +90,19 @@ class PagedHarness:
         for seq, num_new in schedule:
             end = self.pos[seq] + num_new
             expected = reference_attention(
-                self.q[seq][self.pos[seq]:end][None], self.k[seq][:end][None],
-                self.v[seq][:end][None], None, 0.0, True, self.features.get("scale"),
-                self.features.get("sinks"), self.features.get("sliding_window"),
-                self.features.get("logit_cap"), "bsnd",
+                self.q[seq][self.pos[seq] : end][None],
+                self.k[seq][:end][None],
+                self.v[seq][:end][None],
+                None,
+                0.0,
+                True,
+                self.features.get("scale"),
+                self.features.get("sinks"),
+                self.features.get("sliding_window"),
+                self.features.get("logit_cap"),
+                "bsnd",
             )[0]
-            errors.append((out[row:row + num_new].float() - expected.float()).abs().max())
+            errors.append((out[row : row + num_new].float() - expected.float()).abs().max())
             row += num_new
             self.pos[seq] = end
         return max(errors).item()
@@ -98,8 +122,17 @@ def test_prefill_matches_sdpa():
     harness = PagedHarness([11], num_heads=4, num_kv_heads=4)
     harness.info.nest_sequences([[0] * 11], [0], [harness.pages[0][:3]])
     q, k, v = harness.q[0][None], harness.k[0][None], harness.v[0][None]
-    out = cached_attention(q, k, v, *(harness.info.get_arg(n) for n in METADATA),
-                           harness.kv_cache, None, None, None, None)
+    out = cached_attention(
+        q,
+        k,
+        v,
+        *(harness.info.get_arg(n) for n in METADATA),
+        harness.kv_cache,
+        None,
+        None,
+        None,
+        None,
+    )
     expected = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
     ).transpose(1, 2)
@@ -119,12 +152,15 @@ def test_decode_only_batches_cross_page_boundaries():
 
 def test_mixed_prefill_and_decode_batch():
     harness = PagedHarness([12, 10, 6])
-    run_schedule(harness, [
-        [(0, 4)],
-        [(1, 5), (0, 1)],  # new prefill joins a decoding sequence
-        [(2, 3), (1, 2), (0, 1)],  # chunked continuation in the prefill part
-        [(2, 3), (0, 1), (1, 1)],
-    ])
+    run_schedule(
+        harness,
+        [
+            [(0, 4)],
+            [(1, 5), (0, 1)],  # new prefill joins a decoding sequence
+            [(2, 3), (1, 2), (0, 1)],  # chunked continuation in the prefill part
+            [(2, 3), (0, 1), (1, 1)],
+        ],
+    )
 
 
 def test_sliding_window():
@@ -180,21 +216,38 @@ def test_padding_rows_only_touch_the_scratch_page():
 
 def attention_node(**overrides):
     """A traced torch_attention call with fake shape metadata (q [2, 3, 4, 8], k/v 2 kv heads)."""
-    args = dict(attn_mask=None, dropout_p=0.0, is_causal=True, scale=0.5, sinks=None,
-                sliding_window=7, logit_cap=30.0, layout="bsnd")
+    args = dict(
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=True,
+        scale=0.5,
+        sinks=None,
+        sliding_window=7,
+        logit_cap=30.0,
+        layout="bsnd",
+    )
     args.update(overrides)
 
     def fn(q, k, v):
-        return reference_attention(q, k, v, args["attn_mask"], args["dropout_p"],
-                                   args["is_causal"], args["scale"], args["sinks"],
-                                   args["sliding_window"], args["logit_cap"], args["layout"])
+        return reference_attention(
+            q,
+            k,
+            v,
+            args["attn_mask"],
+            args["dropout_p"],
+            args["is_causal"],
+            args["scale"],
+            args["sinks"],
+            args["sliding_window"],
+            args["logit_cap"],
+            args["layout"],
+        )
 
     gm = symbolic_trace(fn)
     shapes = {"q": (2, 3, 4, 8), "k": (2, 3, 2, 8), "v": (2, 3, 2, overrides.pop("v_dim", 8))}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            node.meta["val"] = torch.empty(shapes[node.target], dtype=torch.bfloat16,
-                                           device="meta")
+            node.meta["val"] = torch.empty(shapes[node.target], dtype=torch.bfloat16, device="meta")
     return next(n for n in gm.graph.nodes if n.op == "call_function")
 
 
@@ -209,7 +262,7 @@ def test_torch_descriptor_contract():
     assert backend.get_host_prepare_function() is None
     assert backend.get_constants(node) == [0.5, 7, 30.0, None]
     handlers = backend.get_cache_initializers(node, KvCacheConfig())
-    (name, handler), = handlers.items()
+    ((name, handler),) = handlers.items()
     assert name == "kv_cache" and handler.is_paged
     assert (handler.num_kv_heads, handler.head_dim, handler.dtype) == (2, 8, torch.bfloat16)
     handler = backend.get_cache_initializers(node, KvCacheConfig(dtype="float32"))["kv_cache"]

@@ -42,8 +42,9 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 IN_SUBPROCESS = os.environ.get("AUTODEPLOY_TRITON_TEST_SUBPROCESS") == "1"
 KERNELS_RUN_HERE = ON_GPU or cpu_interpreter_problem() is None
 if IN_SUBPROCESS and not KERNELS_RUN_HERE:  # never let the fallback pass by skipping everything
-    raise RuntimeError(f"no working Triton interpreter in the subprocess: "
-                       f"{cpu_interpreter_problem()}")
+    raise RuntimeError(
+        f"no working Triton interpreter in the subprocess: {cpu_interpreter_problem()}"
+    )
 
 runs_kernels = pytest.mark.skipif(
     not KERNELS_RUN_HERE,
@@ -89,7 +90,8 @@ def make_batch(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
         page_ids = page_ids[count:]
         history = torch.arange(pos)  # positions already cached: random keys/values
         cache[torch.tensor(pages)[history // ps], :, :, history % ps] = torch.randn(
-            pos, 2, case.num_kv_heads, case.head_dim, generator=gen)
+            pos, 2, case.num_kv_heads, case.head_dim, generator=gen
+        )
         cache_loc += pages
         cu_num_pages.append(len(cache_loc))
         cu_seqlen.append(cu_seqlen[-1] + n)
@@ -107,8 +109,9 @@ def make_batch(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
     q, k, v = rand(case.num_heads), rand(case.num_kv_heads), rand(case.num_kv_heads)
     int32 = dict(dtype=torch.int32, device=device)
     meta = dict(
-        batch_info_host=torch.tensor([num_prefill, cu_seqlen[num_prefill], num_decode],
-                                     dtype=torch.int32),
+        batch_info_host=torch.tensor(
+            [num_prefill, cu_seqlen[num_prefill], num_decode], dtype=torch.int32
+        ),
         cu_seqlen=torch.tensor(cu_seqlen, **int32),
         input_pos=torch.tensor([pos for pos, _ in case.seqs], **int32),
         cache_loc=torch.tensor(cache_loc, **int32),
@@ -130,12 +133,12 @@ def reference_attention(q, k, v, kv_cache, meta, scale, sliding_window, logit_ca
         meta[n].tolist() for n in ("cu_seqlen", "input_pos", "cache_loc", "cu_num_pages")
     )
     for i, pos0 in enumerate(input_pos):
-        pages = torch.tensor(cache_loc[cu_pages[i]:cu_pages[i + 1]], device=q.device)
+        pages = torch.tensor(cache_loc[cu_pages[i] : cu_pages[i + 1]], device=q.device)
         num_new = cu[i + 1] - cu[i]
         new_pos = torch.arange(pos0, pos0 + num_new, device=q.device)
         new_page, new_row = pages[new_pos // page_size], new_pos % page_size
-        kv_cache[new_page, 0, :, new_row] = k[cu[i]:cu[i + 1]].to(kv_cache.dtype)
-        kv_cache[new_page, 1, :, new_row] = v[cu[i]:cu[i + 1]].to(kv_cache.dtype)
+        kv_cache[new_page, 0, :, new_row] = k[cu[i] : cu[i + 1]].to(kv_cache.dtype)
+        kv_cache[new_page, 1, :, new_row] = v[cu[i] : cu[i + 1]].to(kv_cache.dtype)
         kv_len = pos0 + num_new
         all_pos = torch.arange(kv_len, device=q.device)
         page, row = pages[all_pos // page_size], all_pos % page_size
@@ -162,20 +165,24 @@ def reference_attention(q, k, v, kv_cache, meta, scale, sliding_window, logit_ca
 
 def check_case(case: Case, dtype: torch.dtype, device: str = DEVICE, seed: int = 0) -> None:
     q, k, v, cache, meta, sinks = make_batch(case, dtype, device, seed)
-    args = dict(scale=case.scale, sliding_window=case.sliding_window, logit_cap=case.logit_cap,
-                sinks=sinks)
+    args = dict(
+        scale=case.scale, sliding_window=case.sliding_window, logit_cap=case.logit_cap, sinks=sinks
+    )
     ref_out, ref_cache = reference_attention(q, k, v, cache, meta, **args)
 
     triton_cache = cache.clone()
     if case.num_splits is None:
         out = torch.ops.auto_deploy.triton_attention_with_cache(
-            q, k, v, *meta.values(), triton_cache, *args.values())
+            q, k, v, *meta.values(), triton_cache, *args.values()
+        )
     else:
-        out = triton_paged_attention(q, k, v, *meta.values(), triton_cache, **args,
-                                     num_splits=case.num_splits)
+        out = triton_paged_attention(
+            q, k, v, *meta.values(), triton_cache, **args, num_splits=case.num_splits
+        )
     torch_cache = cache.clone()
     torch_out = torch.ops.auto_deploy.torch_cached_attention(
-        q, k, v, *meta.values(), torch_cache, *args.values())
+        q, k, v, *meta.values(), torch_cache, *args.values()
+    )
 
     assert out.shape == q.shape and out.dtype == q.dtype
     tol = TOLERANCE[dtype]
@@ -185,7 +192,7 @@ def check_case(case: Case, dtype: torch.dtype, device: str = DEVICE, seed: int =
     torch.testing.assert_close(triton_cache, ref_cache, atol=0, rtol=0, equal_nan=True)
     torch.testing.assert_close(triton_cache, torch_cache, atol=0, rtol=0, equal_nan=True)
     if case.padding_tokens:
-        assert torch.all(flat[-case.padding_tokens:] == 0)
+        assert torch.all(flat[-case.padding_tokens :] == 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,21 +200,52 @@ def check_case(case: Case, dtype: torch.dtype, device: str = DEVICE, seed: int =
 # ----------------------------------------------------------------------------------------------
 MIXED = [(0, 7), (6, 5), (9, 1), (20, 1)]  # first prefill, continuation, two decodes
 TINY_CASES = [
-    Case("prefill_only_mha_d16", [(0, 40), (0, 5)], page_size=4, num_heads=2, num_kv_heads=2,
-         head_dim=16),
+    Case(
+        "prefill_only_mha_d16",
+        [(0, 40), (0, 5)],
+        page_size=4,
+        num_heads=2,
+        num_kv_heads=2,
+        head_dim=16,
+    ),
     Case("decode_only_gqa2_padded", [(5, 1), (12, 1), (30, 1)], page_size=8, padding_tokens=1),
-    Case("decode_split3_gqa4", [(5, 1), (12, 1), (30, 1)], page_size=8, num_heads=8,
-         num_kv_heads=2, num_splits=3),
+    Case(
+        "decode_split3_gqa4",
+        [(5, 1), (12, 1), (30, 1)],
+        page_size=8,
+        num_heads=8,
+        num_kv_heads=2,
+        num_splits=3,
+    ),
     Case("mixed_gqa4_d32", MIXED, page_size=4, num_heads=8, num_kv_heads=2),
-    Case("chunked_prefill_gqa2_d64", [(13, 6), (37, 5), (3, 9), (16, 1)], page_size=8, num_heads=6,
-         num_kv_heads=3, head_dim=64),
+    Case(
+        "chunked_prefill_gqa2_d64",
+        [(13, 6), (37, 5), (3, 9), (16, 1)],
+        page_size=8,
+        num_heads=6,
+        num_kv_heads=3,
+        head_dim=64,
+    ),
     Case("sliding_window", MIXED, page_size=4, sliding_window=5, num_splits=2),
     Case("logit_cap", MIXED, page_size=8, scale=1.0, logit_cap=3.0, num_splits=2),
-    Case("sinks_split", MIXED, page_size=4, num_heads=4, num_kv_heads=1, with_sinks=True,
-         num_splits=2),
+    Case(
+        "sinks_split",
+        MIXED,
+        page_size=4,
+        num_heads=4,
+        num_kv_heads=1,
+        with_sinks=True,
+        num_splits=2,
+    ),
     Case("sinks_single_split", MIXED, page_size=8, with_sinks=True, num_splits=1),
-    Case("many_prefill_seqs", [(0, 1), (0, 9), (4, 3), (0, 2), (7, 12), (0, 5), (10, 1)],
-         page_size=4, num_heads=4, num_kv_heads=1, sliding_window=6),
+    Case(
+        "many_prefill_seqs",
+        [(0, 1), (0, 9), (4, 3), (0, 2), (7, 12), (0, 5), (10, 1)],
+        page_size=4,
+        num_heads=4,
+        num_kv_heads=1,
+        sliding_window=6,
+    ),
     Case("group3_head_dim24", MIXED, page_size=4, num_heads=6, num_kv_heads=2, head_dim=24),
 ]
 
@@ -263,7 +301,8 @@ def test_fake_has_q_shape():
     q, k, v, cache, meta = _small_inputs()
     with FakeTensorMode(allow_non_fake_inputs=True):
         out = torch.ops.auto_deploy.triton_attention_with_cache(
-            q, k, v, *meta.values(), cache, None, None, None, None)
+            q, k, v, *meta.values(), cache, None, None, None, None
+        )
     assert out.shape == q.shape and out.dtype == q.dtype
 
 
@@ -311,8 +350,9 @@ REALISTIC = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
-                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"]
+)
 @pytest.mark.parametrize("shape", REALISTIC, ids=lambda s: s[0])
 def test_realistic_shapes(shape, dtype):
     name, seqs, page_size, num_heads, num_kv_heads, head_dim = shape
@@ -320,22 +360,35 @@ def test_realistic_shapes(shape, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("features", [
-    dict(sliding_window=256), dict(logit_cap=30.0), dict(with_sinks=True),
-    dict(sliding_window=100, logit_cap=50.0, with_sinks=True, num_splits=7),
-], ids=["window", "cap", "sinks", "all_split7"])
+@pytest.mark.parametrize(
+    "features",
+    [
+        dict(sliding_window=256),
+        dict(logit_cap=30.0),
+        dict(with_sinks=True),
+        dict(sliding_window=100, logit_cap=50.0, with_sinks=True, num_splits=7),
+    ],
+    ids=["window", "cap", "sinks", "all_split7"],
+)
 def test_realistic_features(features):
     seqs = [(0, 600), (400, 200), (1500, 1), (90, 1)]
-    case = Case("features", seqs, page_size=32, num_heads=16, num_kv_heads=4, head_dim=128,
-                **features)
+    case = Case(
+        "features", seqs, page_size=32, num_heads=16, num_kv_heads=4, head_dim=128, **features
+    )
     check_case(case, torch.bfloat16, "cuda")
 
 
 @pytest.mark.gpu
 def test_decode_replays_in_cuda_graph():
     """The op does no device->host sync: a decode step captures and replays with new values."""
-    case = Case("graph", [(300, 1), (77, 1), (1000, 1)], page_size=32, num_heads=16,
-                num_kv_heads=4, head_dim=128)
+    case = Case(
+        "graph",
+        [(300, 1), (77, 1), (1000, 1)],
+        page_size=32,
+        num_heads=16,
+        num_kv_heads=4,
+        head_dim=128,
+    )
     q, k, v, cache, meta, _ = make_batch(case, torch.bfloat16, "cuda")
     op = torch.ops.auto_deploy.triton_attention_with_cache
     static_cache = cache.clone()
@@ -356,6 +409,7 @@ def test_decode_replays_in_cuda_graph():
     static_cache.copy_(step1_cache)
     graph.replay()
     ref_out, ref_cache = reference_attention(q, k, v, step1_cache, meta, None, None, None, None)
-    torch.testing.assert_close(static_out.reshape(ref_out.shape).float(), ref_out.float(),
-                               atol=1.5e-2, rtol=1.5e-2)
+    torch.testing.assert_close(
+        static_out.reshape(ref_out.shape).float(), ref_out.float(), atol=1.5e-2, rtol=1.5e-2
+    )
     torch.testing.assert_close(static_cache, ref_cache, atol=0, rtol=0, equal_nan=True)

@@ -11,13 +11,22 @@ from autodeploy.utils.errors import CapacityError
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 
 
-def make_engine(page_size=4, num_pages=64, max_batch_size=4, max_num_tokens=64,
-                max_seq_len=64, **kwargs):
+def make_engine(
+    page_size=4, num_pages=64, max_batch_size=4, max_num_tokens=64, max_seq_len=64, **kwargs
+):
     cm = FakeCachedSequenceInterface(page_size, num_pages)
     model = FakeModel(cm)
-    engine = Engine(model, cm, num_pages=num_pages, page_size=page_size,
-                    max_batch_size=max_batch_size, max_num_tokens=max_num_tokens,
-                    max_seq_len=max_seq_len, device="cpu", **kwargs)
+    engine = Engine(
+        model,
+        cm,
+        num_pages=num_pages,
+        page_size=page_size,
+        max_batch_size=max_batch_size,
+        max_num_tokens=max_num_tokens,
+        max_seq_len=max_seq_len,
+        device="cpu",
+        **kwargs,
+    )
     return engine, cm, model
 
 
@@ -127,10 +136,12 @@ def test_stop_tokens_eos_and_ignore_eos():
     engine, _, _ = make_engine(eos_token_ids=[eos])
     stopped = engine.add_request(p, SamplingParams(max_tokens=12, temperature=0.0))
     ignored = engine.add_request(p, SamplingParams(max_tokens=12, **GREEDY))
-    by_token = engine.add_request(p, SamplingParams(max_tokens=12, stop_token_ids=[expected[2]],
-                                                    **GREEDY))
-    late = engine.add_request(p, SamplingParams(max_tokens=12, temperature=0.0,
-                                                min_tokens=first_eos + 2))
+    by_token = engine.add_request(
+        p, SamplingParams(max_tokens=12, stop_token_ids=[expected[2]], **GREEDY)
+    )
+    late = engine.add_request(
+        p, SamplingParams(max_tokens=12, temperature=0.0, min_tokens=first_eos + 2)
+    )
     outputs = run_all(engine)
     out = outputs[stopped.request_id].outputs[0]
     assert out.token_ids == expected[: first_eos + 1]
@@ -149,11 +160,11 @@ def test_seeded_sampling_does_not_depend_on_batch_mates():
     alone = engine.add_request(prompt(6), params)
     alone_out = run_all(engine)[alone.request_id].outputs[0].token_ids
     engine, _, _ = make_engine()
-    engine.add_request(prompt(9, 1), SamplingParams(max_tokens=8, temperature=1.0,
-                                                    ignore_eos=True))
+    engine.add_request(prompt(9, 1), SamplingParams(max_tokens=8, temperature=1.0, ignore_eos=True))
     shared = engine.add_request(prompt(6), params)
-    engine.add_request(prompt(3, 2), SamplingParams(max_tokens=15, temperature=0.5, seed=2,
-                                                    ignore_eos=True))
+    engine.add_request(
+        prompt(3, 2), SamplingParams(max_tokens=15, temperature=0.5, seed=2, ignore_eos=True)
+    )
     assert run_all(engine)[shared.request_id].outputs[0].token_ids == alone_out
     assert alone_out != reference_greedy(prompt(6), 12)
 

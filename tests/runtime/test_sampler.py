@@ -24,8 +24,12 @@ def test_greedy_rows_take_the_argmax():
 
 def test_mixed_batch_keeps_greedy_rows_exact():
     logits = _logits()
-    rows = [_request(temperature=0.0), _request(temperature=1.0, seed=3), None,
-            _request(temperature=0.0)]
+    rows = [
+        _request(temperature=0.0),
+        _request(temperature=1.0, seed=3),
+        None,
+        _request(temperature=0.0),
+    ]
     tokens = Sampler("cpu").sample(logits, rows)
     argmax = logits.argmax(-1).tolist()
     assert tokens[0] == argmax[0] and tokens[2] == argmax[2] and tokens[3] == argmax[3]
@@ -39,8 +43,16 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():
         return [sampler.sample(logits, rows) for _ in range(steps)]
 
     alone = [t[0] for t in draw([_request(seed=7, temperature=1.0), None, None])]
-    shared = [t[0] for t in draw([_request(seed=7, temperature=1.0),
-                                  _request(temperature=1.0), _request(seed=9, temperature=0.5)])]
+    shared = [
+        t[0]
+        for t in draw(
+            [
+                _request(seed=7, temperature=1.0),
+                _request(temperature=1.0),
+                _request(seed=9, temperature=0.5),
+            ]
+        )
+    ]
     again = [t[0] for t in draw([_request(seed=7, temperature=1.0), None, None])]
     assert alone == shared == again
     other = [t[0] for t in draw([_request(seed=8, temperature=1.0), None, None])]
@@ -54,8 +66,10 @@ def test_top_k_never_emits_excluded_tokens():
     sampler = Sampler("cpu")
     seen = [set(), set()]
     for step in range(60):
-        rows = [_request(0, temperature=2.0, top_k=5, seed=step),
-                _request(1, temperature=2.0, top_k=5, seed=1000 + step)]
+        rows = [
+            _request(0, temperature=2.0, top_k=5, seed=step),
+            _request(1, temperature=2.0, top_k=5, seed=1000 + step),
+        ]
         for i, token in enumerate(sampler.sample(logits, rows)):
             seen[i].add(token)
     assert seen[0] <= allowed[0] and seen[1] <= allowed[1]

@@ -15,7 +15,10 @@ from autodeploy.utils.errors import ConfigError
 
 def make_cm(**kv) -> CachedSequenceInterface:
     return CachedSequenceInterface(
-        max_seq_len=16, max_batch_size=3, max_num_tokens=32, device="cpu",
+        max_seq_len=16,
+        max_batch_size=3,
+        max_num_tokens=32,
+        device="cpu",
         kv_cache_config={"tokens_per_block": 4, **kv},
     )
 
@@ -25,8 +28,10 @@ def test_add_resource_gives_unique_names():
     handler = PagedKVResourceHandler(2, 8, torch.float32)
     assert cm.add_resource("kv_cache", handler) == "kv_cache_0"
     assert cm.add_resource("kv_cache", handler) == "kv_cache_1"
-    assert cm.add_resource("ssm_state", StateResourceHandler(4, 8, dtype=torch.float32)) == \
-        "ssm_state_0"
+    assert (
+        cm.add_resource("ssm_state", StateResourceHandler(4, 8, dtype=torch.float32))
+        == "ssm_state_0"
+    )
     assert list(cm.resources) == ["kv_cache_0", "kv_cache_1", "ssm_state_0"]
     with pytest.raises(TypeError):
         cm.add_resource("x", object())
@@ -112,7 +117,10 @@ def test_paged_handler_layout_check_and_example():
 @pytest.mark.gpu
 def test_cuda_resize_from_free_memory():
     cm = CachedSequenceInterface(
-        max_seq_len=64, max_batch_size=2, max_num_tokens=64, device="cuda",
+        max_seq_len=64,
+        max_batch_size=2,
+        max_num_tokens=64,
+        device="cuda",
         kv_cache_config={"tokens_per_block": 16, "free_gpu_memory_fraction": 0.01},
     )
     cm.add_resource("kv_cache", PagedKVResourceHandler(2, 8, torch.float16))

@@ -108,25 +108,46 @@ def test_all_device_args_share_one_buffer():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(input_ids=[[1], [2, 3]], input_pos=[5, 0], cache_loc=[[1, 2], [3]]),
-         ValueError, "put prefill sequences first"),
-        (dict(input_ids=[[1] * 41], input_pos=[0], cache_loc=[[1] * 8]),
-         CapacityError, "max_num_tokens=40"),
-        (dict(input_ids=[[1]] * 5, input_pos=[1] * 5, cache_loc=[[1]] * 5),
-         CapacityError, "max_batch_size=4"),
-        (dict(input_ids=[[1, 2, 3]], input_pos=[30], cache_loc=[[1] * 8]),
-         CapacityError, "max_seq_len=32"),
-        (dict(input_ids=[[1, 2, 3, 4, 5]], input_pos=[0], cache_loc=[[1]]),
-         CapacityError, "needs 2 pages"),
-        (dict(input_ids=[[1]], input_pos=[0], cache_loc=[[1] * 9]),
-         CapacityError, "max_pages_per_seq=8"),
+        (
+            dict(input_ids=[[1], [2, 3]], input_pos=[5, 0], cache_loc=[[1, 2], [3]]),
+            ValueError,
+            "put prefill sequences first",
+        ),
+        (
+            dict(input_ids=[[1] * 41], input_pos=[0], cache_loc=[[1] * 8]),
+            CapacityError,
+            "max_num_tokens=40",
+        ),
+        (
+            dict(input_ids=[[1]] * 5, input_pos=[1] * 5, cache_loc=[[1]] * 5),
+            CapacityError,
+            "max_batch_size=4",
+        ),
+        (
+            dict(input_ids=[[1, 2, 3]], input_pos=[30], cache_loc=[[1] * 8]),
+            CapacityError,
+            "max_seq_len=32",
+        ),
+        (
+            dict(input_ids=[[1, 2, 3, 4, 5]], input_pos=[0], cache_loc=[[1]]),
+            CapacityError,
+            "needs 2 pages",
+        ),
+        (
+            dict(input_ids=[[1]], input_pos=[0], cache_loc=[[1] * 9]),
+            CapacityError,
+            "max_pages_per_seq=8",
+        ),
         (dict(input_ids=[[1]], input_pos=[0], cache_loc=[[0]]), ValueError, "scratch page"),
         (dict(input_ids=[[1]], input_pos=[0], cache_loc=[[64]]), ValueError, "outside the pool"),
         (dict(input_ids=[[]], input_pos=[0], cache_loc=[[1]]), ValueError, "no new tokens"),
         (dict(input_ids=[[1]], input_pos=[0, 1], cache_loc=[[1]]), ValueError, "one entry"),
         (dict(input_ids=[], input_pos=[], cache_loc=[]), ValueError, "empty"),
-        (dict(input_ids=[[1]], input_pos=[0], cache_loc=[[1]], slot_idx=[4]),
-         ValueError, "slot 4 is for padding"),
+        (
+            dict(input_ids=[[1]], input_pos=[0], cache_loc=[[1]], slot_idx=[4]),
+            ValueError,
+            "slot 4 is for padding",
+        ),
     ],
 )
 def test_invalid_batches_are_rejected_and_leave_the_previous_batch(kwargs, error, match):

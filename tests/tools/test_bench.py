@@ -1,5 +1,5 @@
 """The benchmark: CPU smoke run (subprocess, JSON), same weights as Hugging Face, the timing
-formula on a virtual clock, host-only mode, option errors, a failing system; GPU smoke run."""
+formula on a virtual clock, option errors, a failing system; GPU smoke run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from autodeploy.tools import bench, bench_measure
-from autodeploy.tools.bench_host import HostOnlySystem, InstantModel
 from autodeploy.tools.bench_measure import BenchError, leading_equal, measure
 from autodeploy.tools.bench_presets import (
     load_preset,
@@ -35,7 +34,7 @@ RECORD_FIELDS = {
     "model", "system", "batch", "isl", "osl", "dtype", "device", "ms_per_step", "decode_tok_s",
     "roofline_ms", "pct_roofline", "weight_bytes", "build_s", "warmup_s", "peak_mem_gib",
     "t_osl_s", "t_1_s", "repeats", "cuda_graph", "host_ms_per_step",
-    "engine_forward_ms_per_step", "greedy_match", "host_only", "versions", "gpu",
+    "engine_forward_ms_per_step", "greedy_match", "versions", "gpu",
 }  # fmt: skip
 
 
@@ -135,7 +134,6 @@ def test_failing_system_gives_an_error_record_and_the_run_goes_on(tmp_path, caps
         (["--osl", "1"], "--osl >= 2"),
         (["--batch-sizes", "1,x"], "comma list of integers"),
         (["--batch-sizes", "0"], "every value >= 1"),
-        (["--host-only", "--systems", "hf-eager"], "list only ours systems"),
         (["--ours-yaml", "missing.yaml"], "does not exist"),
     ],
 )
@@ -223,32 +221,6 @@ def test_a_system_that_stops_early_is_an_error():
     ):
         measure(system, torch.zeros(1, 3, dtype=torch.long), 4, 1, 2, torch.device("cpu"))
     assert leading_equal([1, 2, 3], [1, 2, 4]) == 2 and leading_equal([], [1]) == 0
-
-
-def test_host_only_mode_runs_the_engine_with_padding_and_instant_logits():
-    shape = RunShape(
-        model_dir=Path("."), dtype=torch.float32, device=torch.device("cpu"),
-        isl=5, osl=6, batch_sizes=[1, 4],
-    )  # fmt: skip
-    system = HostOnlySystem(SystemSpec("ours", "triton", "torch-cudagraph"), shape, vocab_size=64)
-    system.build()
-    seen_shapes = []
-    model = system.engine.model
-    system.engine.model = lambda **kw: (
-        seen_shapes.append(tuple(kw["input_ids"].shape)) or model(**kw)
-    )
-    result = measure(system, torch.randint(0, 64, (3, 5)), 6, 2, 3, torch.device("cpu"))
-    best = int(model.row.argmax())
-    assert result.first_row_tokens == [best] * 6  # greedy over the same precomputed row
-    assert (1, 15) in seen_shapes and (4, 1) in seen_shapes  # prefill packed; decode 3 -> 4
-    assert result.host_ms_per_step is not None and result.host_ms_per_step > 0
-    assert "cache_loc" in system.engine.cm.named_args  # the backend's metadata is packed
-
-
-def test_instant_model_shapes():
-    model = InstantModel(10, torch.bfloat16, torch.device("cpu"))
-    assert model(torch.zeros(3, 1, dtype=torch.long)).shape == (3, 1, 10)
-    assert model(input_ids=torch.zeros(1, 7, dtype=torch.long)).shape == (1, 7, 10)
 
 
 @pytest.mark.gpu

@@ -19,7 +19,11 @@ def run_cli(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "AUTODEPLOY_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "autodeploy.tools.build_and_run", *argv],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -41,11 +45,18 @@ def test_override_run_with_benchmark_writes_json(tmp_path):
         "--args.model-kwargs.num-hidden-layers=1",
         "--args.kv-cache-config.tokens-per-block=8",
         "--args.transforms.compile-model.backend=torch-simple",
-        "--prompt.batch-size", "3",
-        "--prompt.queries", "One", "Two",
+        "--prompt.batch-size",
+        "3",
+        "--prompt.queries",
+        "One",
+        "Two",
         "--prompt.sp-kwargs.max-tokens=5",
-        "--benchmark.enabled=true", "--benchmark.isl=24", "--benchmark.osl=6",
-        "--benchmark.bs=2", "--benchmark.num=2", f"--benchmark.results-path={results}",
+        "--benchmark.enabled=true",
+        "--benchmark.isl=24",
+        "--benchmark.osl=6",
+        "--benchmark.bs=2",
+        "--benchmark.num=2",
+        f"--benchmark.results-path={results}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "num_hidden_layers" in proc.stderr  # the model-kwargs override reached the factory
@@ -94,11 +105,11 @@ def test_benchmark_raises_max_seq_len_unless_set_explicitly(capsys):
     )
     assert args.max_seq_len == 3100 and bench.isl == 3000
     args, _, _, _ = build_and_run.resolve(
-        ["--benchmark.enabled=true", "--benchmark.isl=10", "--benchmark.osl=6",
-         "--max-seq-len=64"]
+        ["--benchmark.enabled=true", "--benchmark.isl=10", "--benchmark.osl=6", "--max-seq-len=64"]
     )
     assert args.max_seq_len == 64
-    assert build_and_run.main(
-        ["--benchmark.enabled=true", "--benchmark.isl=100", "--max-seq-len=64"]
-    ) == 2
+    assert (
+        build_and_run.main(["--benchmark.enabled=true", "--benchmark.isl=100", "--max-seq-len=64"])
+        == 2
+    )
     assert "needs isl + osl = 228 tokens" in capsys.readouterr().err

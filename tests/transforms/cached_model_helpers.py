@@ -20,8 +20,15 @@ VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 32, 32, 4, 2, 8
 
 
 class TinyAttentionModel(nn.Module):
-    def __init__(self, layout="bsnd", num_layers=2, sliding_window=None, logit_cap=None,
-                 use_sinks=False, seed=0):
+    def __init__(
+        self,
+        layout="bsnd",
+        num_layers=2,
+        sliding_window=None,
+        logit_cap=None,
+        use_sinks=False,
+        seed=0,
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.layout = layout
@@ -43,8 +50,17 @@ class TinyAttentionModel(nn.Module):
             if self.layout == "bnsd":
                 q, k, v = (t.transpose(1, 2) for t in (q, k, v))
             out = torch.ops.auto_deploy.torch_attention(
-                q, k, v, None, 0.0, True, None, self.sinks, self.sliding_window,
-                self.logit_cap, self.layout,
+                q,
+                k,
+                v,
+                None,
+                0.0,
+                True,
+                None,
+                self.sinks,
+                self.sliding_window,
+                self.logit_cap,
+                self.layout,
             )
             if self.layout == "bnsd":
                 out = out.transpose(1, 2)
@@ -64,11 +80,15 @@ def export_tiny(**kwargs):
     return model, gm
 
 
-def make_cm(page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128, device="cpu",
-            **kv) -> CachedSequenceInterface:
+def make_cm(
+    page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128, device="cpu", **kv
+) -> CachedSequenceInterface:
     return CachedSequenceInterface(
-        max_seq_len=max_seq_len, max_batch_size=max_batch_size, max_num_tokens=max_num_tokens,
-        device=device, kv_cache_config={"tokens_per_block": page_size, **kv},
+        max_seq_len=max_seq_len,
+        max_batch_size=max_batch_size,
+        max_num_tokens=max_num_tokens,
+        device=device,
+        kv_cache_config={"tokens_per_block": page_size, **kv},
     )
 
 

@@ -82,7 +82,7 @@ def test_tiny_model_cached_equals_uncached(features):
         for seq, new in schedule:
             tokens = torch.tensor([runner.tokens[seq]])
             with torch.no_grad():
-                expected = model(tokens, torch.arange(tokens.shape[1])[None])[0, -len(new):]
+                expected = model(tokens, torch.arange(tokens.shape[1])[None])[0, -len(new) :]
             torch.testing.assert_close(got[seq], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -94,8 +94,9 @@ def test_rejects_bnsd_layout_with_a_hint():
 
 def test_unknown_backend_is_a_config_error_with_a_suggestion():
     with pytest.raises(ConfigError, match="'torch'"):
-        InferenceOptimizer(None, {"insert_cached_attention": {"stage": "cache_init",
-                                                              "backend": "torhc"}})
+        InferenceOptimizer(
+            None, {"insert_cached_attention": {"stage": "cache_init", "backend": "torhc"}}
+        )
 
 
 def test_attn_backend_shortcut_sets_the_backend():
@@ -114,10 +115,13 @@ def test_no_attention_is_reported():
 def test_needs_a_sequence_interface():
     _, gm = export_tiny()
     with pytest.raises(ConfigError, match="CachedSequenceInterface"):
-        InferenceOptimizer(None, {
-            "move_inputs_to_device": {"stage": "weight_load", "device": "cpu"},
-            "insert_cached_attention": {"stage": "cache_init"},
-        })(None, gm)
+        InferenceOptimizer(
+            None,
+            {
+                "move_inputs_to_device": {"stage": "weight_load", "device": "cpu"},
+                "insert_cached_attention": {"stage": "cache_init"},
+            },
+        )(None, gm)
 
 
 # A backend with a prepare-metadata op and a host hook, to test that part of the protocol.
@@ -133,15 +137,38 @@ def _prepare_fake(input_pos, seq_len):
 
 @torch.library.custom_op("autodeploy_test::cached_with_extra", mutates_args=("kv_cache",))
 def _cached_with_extra(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch_info_host: torch.Tensor,
-    cu_seqlen: torch.Tensor, input_pos: torch.Tensor, cache_loc: torch.Tensor,
-    cu_num_pages: torch.Tensor, end_pos: torch.Tensor, doubled: torch.Tensor,
-    kv_cache: torch.Tensor, scale: float | None, sliding_window: int | None,
-    logit_cap: float | None, sinks: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch_info_host: torch.Tensor,
+    cu_seqlen: torch.Tensor,
+    input_pos: torch.Tensor,
+    cache_loc: torch.Tensor,
+    cu_num_pages: torch.Tensor,
+    end_pos: torch.Tensor,
+    doubled: torch.Tensor,
+    kv_cache: torch.Tensor,
+    scale: float | None,
+    sliding_window: int | None,
+    logit_cap: float | None,
+    sinks: torch.Tensor | None,
 ) -> torch.Tensor:
     assert torch.equal(end_pos, input_pos + (cu_seqlen[1:] - cu_seqlen[:-1]))
-    return CACHED(q, k, v, batch_info_host, cu_seqlen, input_pos, cache_loc, cu_num_pages,
-                  kv_cache, scale, sliding_window, logit_cap, sinks)
+    return CACHED(
+        q,
+        k,
+        v,
+        batch_info_host,
+        cu_seqlen,
+        input_pos,
+        cache_loc,
+        cu_num_pages,
+        kv_cache,
+        scale,
+        sliding_window,
+        logit_cap,
+        sinks,
+    )
 
 
 @_cached_with_extra.register_fake
@@ -177,8 +204,9 @@ def test_prepare_metadata_op_is_inserted_once_and_host_hook_runs():
     gm = build_cached(gm, cm, backend="_test_with_prepare")
     prepare = [n for n in gm.graph.nodes if "prepare_positions" in str(n.target)]
     assert len(prepare) == 1
-    getitems = [n for n in gm.graph.nodes
-                if n.target is operator.getitem and n.args[0] is prepare[0]]
+    getitems = [
+        n for n in gm.graph.nodes if n.target is operator.getitem and n.args[0] is prepare[0]
+    ]
     assert len(getitems) == 2 and "seq_len" in cm.info.active_args
     HOST_CALLS.clear()
     runner = CachedRunner(gm, cm)
@@ -200,6 +228,8 @@ def llama(tmp_path_factory):
     transforms = yaml.safe_load(DEFAULT_YAML_PATH.read_text())["transforms"]
     transforms = {k: v for k, v in transforms.items() if TransformRegistry.has(k)}
     transforms.setdefault("match_attention_layout", {"stage": "pattern_matcher"})
+    # These checks compare the logits of every prompt token, not only the sampled last one.
+    transforms["gather_logits_before_lm_head"]["enabled"] = False
     factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(str(path))
     cm = make_cm(page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128)
     gm = InferenceOptimizer(factory, transforms)(cm)
@@ -215,7 +245,7 @@ def hf_logits(hf_model, tokens):
 def check_step(runner, hf_model, schedule):
     got = runner.step(schedule)
     for seq, new in schedule:
-        expected = hf_logits(hf_model, runner.tokens[seq])[-len(new):]
+        expected = hf_logits(hf_model, runner.tokens[seq])[-len(new) :]
         torch.testing.assert_close(got[seq], expected, atol=1e-4, rtol=1e-4)
     return got
 

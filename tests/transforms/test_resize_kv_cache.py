@@ -27,8 +27,14 @@ def test_cpu_keeps_the_fixed_size():
 def test_cuda_sizes_the_pool_from_free_memory():
     model, gm = export_tiny()
     model, gm = model.cuda(), gm.cuda()
-    cm = make_cm(page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128,
-                 device="cuda", free_gpu_memory_fraction=0.5)
+    cm = make_cm(
+        page_size=4,
+        max_seq_len=64,
+        max_batch_size=4,
+        max_num_tokens=128,
+        device="cuda",
+        free_gpu_memory_fraction=0.5,
+    )
     gm = InferenceOptimizer(None, PIPELINE)(cm, gm)
     history = gm.meta["_autodeploy"]["transform_history"]
     assert not history["resize_kv_cache"].skipped
@@ -37,8 +43,9 @@ def test_cuda_sizes_the_pool_from_free_memory():
     assert all(c.is_cuda and c.shape[0] == cm.num_pages for c in cm.caches.values())
     got = CachedRunner(gm, cm).step([(0, [1, 2, 3, 4, 5, 6])])
     with torch.no_grad():
-        expected = model(torch.tensor([[1, 2, 3, 4, 5, 6]], device="cuda"),
-                         torch.arange(6, device="cuda")[None])[0]
+        expected = model(
+            torch.tensor([[1, 2, 3, 4, 5, 6]], device="cuda"), torch.arange(6, device="cuda")[None]
+        )[0]
     torch.testing.assert_close(got[0], expected, atol=1e-4, rtol=1e-4)
 
 

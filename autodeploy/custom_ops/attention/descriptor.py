@@ -37,6 +37,7 @@ from torch.fx import Node
 from ...shim.resources import PagedKVResourceHandler, ResourceHandler, resolve_cache_dtype
 from ...shim.sequence_info import SequenceInfo
 from ...utils.errors import AutoDeployError
+from ...utils.node_args import bound_args
 from ...utils.registry import Registry
 
 # The contract's standard metadata for cached attention (see CACHED_ATTENTION_CONTRACT.md).
@@ -53,27 +54,15 @@ class UnsupportedAttentionError(AutoDeployError, ValueError):
     """A source attention node uses a feature the chosen backend does not implement."""
 
 
+# The arguments of an attention call by schema name (one implementation for the whole package).
+attention_args = bound_args
+
+
 def op_schema(op: Any) -> torch.FunctionSchema:
     """The schema of an op overload, or of the default overload of an overload packet."""
     if isinstance(op, torch._ops.OpOverloadPacket):
         op = op.default
     return op._schema
-
-
-def attention_args(node: Node) -> dict[str, Any]:
-    """All arguments of a call to an op (by schema name, defaults filled in)."""
-    schema = op_schema(node.target)
-    values: dict[str, Any] = {}
-    for index, arg in enumerate(schema.arguments):
-        if index < len(node.args):
-            values[arg.name] = node.args[index]
-        elif arg.name in node.kwargs:
-            values[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            values[arg.name] = arg.default_value
-        else:
-            raise ValueError(f"{node.format_node()}: missing argument {arg.name!r}")
-    return values
 
 
 def node_tensor(value: Any) -> torch.Tensor | None:
@@ -128,8 +117,11 @@ class AttentionDescriptor:
             )
         dtype = resolve_cache_dtype(getattr(kv_cache_config, "dtype", "auto"), key.dtype)
         num_kv_heads, head_dim = int(key.shape[2]), int(key.shape[3])
-        return {"kv_cache": PagedKVResourceHandler(num_kv_heads, head_dim, dtype,
-                                                   kv_layout=cls.get_kv_layout())}
+        return {
+            "kv_cache": PagedKVResourceHandler(
+                num_kv_heads, head_dim, dtype, kv_layout=cls.get_kv_layout()
+            )
+        }
 
     @classmethod
     def get_constants(cls, node: Node) -> list[Any]:
@@ -174,6 +166,11 @@ class AttentionDescriptor:
                     f"value head_dim {value.shape[-1]} != key head_dim {key.shape[-1]} (K and V "
                     "share one paged cache)"
                 )
+        window, cap = args["sliding_window"], args["logit_cap"]
+        if isinstance(window, int) and window < 1:
+            problems.append(f"sliding_window={window} (must be >= 1)")
+        if isinstance(cap, (int, float)) and cap <= 0:
+            problems.append(f"logit_cap={cap} (must be > 0)")
         return problems
 
     @classmethod

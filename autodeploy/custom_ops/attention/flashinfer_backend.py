@@ -350,11 +350,6 @@ class FlashInferCachedAttention(AttentionDescriptor):
                 "attention sinks (FlashInfer's fa2 paged wrappers ignore them; use "
                 "attn_backend 'triton' or 'torch')"
             )
-        window, cap = args["sliding_window"], args["logit_cap"]
-        if isinstance(window, int) and window < 1:
-            problems.append(f"sliding_window={window} (must be >= 1)")
-        if isinstance(cap, (int, float)) and cap <= 0:
-            problems.append(f"logit_cap={cap} (must be > 0)")
         return problems
 
     @classmethod

@@ -97,8 +97,19 @@ def torch_cached_attention(
 
 @torch_cached_attention.register_fake
 def _torch_cached_attention_fake(
-    q, k, v, batch_info_host, cu_seqlen, input_pos, cache_loc, cu_num_pages, kv_cache,
-    scale=None, sliding_window=None, logit_cap=None, sinks=None,
+    q,
+    k,
+    v,
+    batch_info_host,
+    cu_seqlen,
+    input_pos,
+    cache_loc,
+    cu_num_pages,
+    kv_cache,
+    scale=None,
+    sliding_window=None,
+    logit_cap=None,
+    sinks=None,
 ):
     return torch.empty_like(q)
 

@@ -84,8 +84,10 @@ def cpu_interpreter_problem() -> str | None:
     kernel = _kernels().prefill.paged_prefill_kernel
     if isinstance(kernel, InterpretedFunction) and isinstance(tl.max, InterpretedFunction):
         return None
-    return ("on CPU, Triton kernels run only in the Triton interpreter: set TRITON_INTERPRET=1 "
-            "in the environment before anything imports triton (torch._dynamo and autodeploy do)")
+    return (
+        "on CPU, Triton kernels run only in the Triton interpreter: set TRITON_INTERPRET=1 "
+        "in the environment before anything imports triton (torch._dynamo and autodeploy do)"
+    )
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,16 @@ class _LaunchConfig:
     num_stages: int
 
 
-def _prefill_config(block_d: int, dtype: torch.dtype, on_gpu: bool,
-                    tokens_per_seq: int) -> _LaunchConfig:
+def _prefill_config(
+    block_d: int, dtype: torch.dtype, on_gpu: bool, tokens_per_seq: int
+) -> _LaunchConfig:
     """Tile sizes measured on an H100 (bf16, 32 query / 8 kv heads, 1-8 sequences)."""
     if not on_gpu:  # interpreter: few, small programs
         return _LaunchConfig(block_m=32, block_n=16, num_warps=1, num_stages=1)
     if dtype == torch.float32 or block_d > 128:
-        return _LaunchConfig(block_m=64, block_n=32, num_warps=8 if block_d > 64 else 4,
-                             num_stages=2)
+        return _LaunchConfig(
+            block_m=64, block_n=32, num_warps=8 if block_d > 64 else 4, num_stages=2
+        )
     if block_d <= 64:
         return _LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
     if tokens_per_seq >= 2048:  # long prompts: big tiles
@@ -148,30 +152,46 @@ def _next_pow2(x: int) -> int:
 # validation (host-only, cheap)
 # ----------------------------------------------------------------------------------------------
 def check_attention_inputs(
-    q: Tensor, k: Tensor, v: Tensor, kv_cache: Tensor, sliding_window: int | None,
-    logit_cap: float | None, sinks: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_cache: Tensor,
+    sliding_window: int | None,
+    logit_cap: float | None,
+    sinks: Tensor | None,
 ) -> None:
     """Raise ``ValueError`` for anything the Triton kernels do not handle."""
     where = "triton_attention_with_cache"
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"{where}: q/k/v must be [b, s, heads, head_dim] (bsnd), got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}.")
+        raise ValueError(
+            f"{where}: q/k/v must be [b, s, heads, head_dim] (bsnd), got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
+        )
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_kv_heads = k.shape[2]
     if kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
-        raise ValueError(f"{where}: kv_cache must be [num_pages, 2, num_kv_heads, page_size, "
-                         f"head_dim], got {tuple(kv_cache.shape)}.")
-    if tuple(kv_cache.shape[2:5:2]) != (num_kv_heads, head_dim) or tuple(v.shape[2:]) != (
-        num_kv_heads, head_dim
-    ) or k.shape[3] != head_dim:
-        raise ValueError(f"{where}: kv_cache {tuple(kv_cache.shape)}, k {tuple(k.shape)} and v "
-                         f"{tuple(v.shape)} disagree on num_kv_heads / head_dim.")
+        raise ValueError(
+            f"{where}: kv_cache must be [num_pages, 2, num_kv_heads, page_size, "
+            f"head_dim], got {tuple(kv_cache.shape)}."
+        )
+    if (
+        tuple(kv_cache.shape[2:5:2]) != (num_kv_heads, head_dim)
+        or tuple(v.shape[2:]) != (num_kv_heads, head_dim)
+        or k.shape[3] != head_dim
+    ):
+        raise ValueError(
+            f"{where}: kv_cache {tuple(kv_cache.shape)}, k {tuple(k.shape)} and v "
+            f"{tuple(v.shape)} disagree on num_kv_heads / head_dim."
+        )
     if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(f"{where}: num_heads={num_heads} is not a multiple of "
-                         f"num_kv_heads={num_kv_heads}.")
+        raise ValueError(
+            f"{where}: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}."
+        )
     if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"{where}: head_dim={head_dim} > {MAX_HEAD_DIM} is not supported; use "
-                         f"the torch backend.")
+        raise ValueError(
+            f"{where}: head_dim={head_dim} > {MAX_HEAD_DIM} is not supported; use "
+            f"the torch backend."
+        )
     for name, t in (("q", q), ("k", k), ("v", v), ("kv_cache", kv_cache)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"{where}: {name} has dtype {t.dtype}; supported: fp16, bf16, fp32.")
@@ -180,8 +200,10 @@ def check_attention_inputs(
     if logit_cap is not None and logit_cap <= 0:
         raise ValueError(f"{where}: logit_cap must be > 0 (or None), got {logit_cap}.")
     if sinks is not None and sinks.numel() != num_heads:
-        raise ValueError(f"{where}: sinks must have one value per query head ({num_heads}), got "
-                         f"shape {tuple(sinks.shape)}.")
+        raise ValueError(
+            f"{where}: sinks must have one value per query head ({num_heads}), got "
+            f"shape {tuple(sinks.shape)}."
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,11 +216,19 @@ def _tokens_view(x: Tensor) -> Tensor:
 
 
 def triton_paged_attention(
-    q: Tensor, k: Tensor, v: Tensor,
-    batch_info_host: Tensor, cu_seqlen: Tensor, input_pos: Tensor, cache_loc: Tensor,
-    cu_num_pages: Tensor, kv_cache: Tensor,
-    scale: float | None = None, sliding_window: int | None = None,
-    logit_cap: float | None = None, sinks: Tensor | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    batch_info_host: Tensor,
+    cu_seqlen: Tensor,
+    input_pos: Tensor,
+    cache_loc: Tensor,
+    cu_num_pages: Tensor,
+    kv_cache: Tensor,
+    scale: float | None = None,
+    sliding_window: int | None = None,
+    logit_cap: float | None = None,
+    sinks: Tensor | None = None,
     num_splits: int | None = None,
 ) -> Tensor:
     """The op's implementation; ``num_splits`` overrides the decode split heuristic (tests)."""
@@ -232,9 +262,13 @@ def triton_paged_attention(
     if kv_cache.stride(4) != 1:
         raise ValueError("triton_attention_with_cache: kv_cache's head_dim must be contiguous.")
     common = dict(  # noqa: C408
-        scale=scale, logit_cap=float(logit_cap or 0.0), sliding_window=int(sliding_window or 0),
-        HAS_WINDOW=sliding_window is not None, HAS_CAP=logit_cap is not None,
-        HAS_SINKS=sinks is not None, DOT_PRECISION=dot_precision,
+        scale=scale,
+        logit_cap=float(logit_cap or 0.0),
+        sliding_window=int(sliding_window or 0),
+        HAS_WINDOW=sliding_window is not None,
+        HAS_CAP=logit_cap is not None,
+        HAS_SINKS=sinks is not None,
+        DOT_PRECISION=dot_precision,
     )
     sinks_arg = sinks if sinks is not None else out  # any pointer; never read without HAS_SINKS
 
@@ -245,10 +279,25 @@ def triton_paged_attention(
         heads_pad = _next_pow2(num_kv_heads)
         block_t = min(max(8192 // (heads_pad * block_d), 1), 64) if on_gpu else 16
         kernels.append.kv_append_kernel[(num_prefill, _cdiv(max_new_tokens, block_t))](
-            k3, v3, kv_cache, cu_seqlen, input_pos, cache_loc, cu_num_pages,
-            k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1), *cache_strides,
-            NUM_KV_HEADS=num_kv_heads, HEADS_PAD=heads_pad, PAGE_SIZE=page_size,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=4 if on_gpu else 1,
+            k3,
+            v3,
+            kv_cache,
+            cu_seqlen,
+            input_pos,
+            cache_loc,
+            cu_num_pages,
+            k3.stride(0),
+            k3.stride(1),
+            v3.stride(0),
+            v3.stride(1),
+            *cache_strides,
+            NUM_KV_HEADS=num_kv_heads,
+            HEADS_PAD=heads_pad,
+            PAGE_SIZE=page_size,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            BLOCK_T=block_t,
+            num_warps=4 if on_gpu else 1,
         )
         group_pad = _next_pow2(group)
         cfg = _prefill_config(block_d, kv_cache.dtype, on_gpu, num_prefill_tokens // num_prefill)
@@ -256,13 +305,32 @@ def triton_paged_attention(
         block_q = max(block_q, _cdiv(16, group_pad))  # tl.dot needs >= 16 rows
         num_tiles = num_prefill_tokens // block_q + num_prefill
         kernels.prefill.paged_prefill_kernel[(num_tiles, num_kv_heads)](
-            q3, kv_cache, out, sinks_arg, cu_seqlen, input_pos, cache_loc, cu_num_pages,
-            q3.stride(0), q3.stride(1), out.stride(0), out.stride(1), *cache_strides,
-            num_seqs=num_prefill, num_tiles=num_tiles,
+            q3,
+            kv_cache,
+            out,
+            sinks_arg,
+            cu_seqlen,
+            input_pos,
+            cache_loc,
+            cu_num_pages,
+            q3.stride(0),
+            q3.stride(1),
+            out.stride(0),
+            out.stride(1),
+            *cache_strides,
+            num_seqs=num_prefill,
+            num_tiles=num_tiles,
             search_steps=(num_prefill - 1).bit_length(),
-            GROUP=group, GROUP_PAD=group_pad, PAGE_SIZE=page_size, HEAD_DIM=head_dim,
-            BLOCK_D=block_d, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+            GROUP=group,
+            GROUP_PAD=group_pad,
+            PAGE_SIZE=page_size,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            BLOCK_Q=block_q,
+            BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **common,
         )
 
     # 2. decode sequences: one token each, after the prefill tokens (the kernel writes k/v too)
@@ -270,8 +338,9 @@ def triton_paged_attention(
         cfg = _decode_config(block_d, kv_cache.dtype, on_gpu)
         if num_splits is None:
             est_kv_len = max(cache_loc.shape[0] // num_seqs, 1) * page_size
-            num_splits = decode_num_splits(num_decode, num_kv_heads, est_kv_len, cfg.block_n,
-                                           q.device)
+            num_splits = decode_num_splits(
+                num_decode, num_kv_heads, est_kv_len, cfg.block_n, q.device
+            )
         single = num_splits == 1
         part_shape = (num_decode, num_heads, num_splits)
         if single:  # partials are not written
@@ -281,21 +350,59 @@ def triton_paged_attention(
             part_l = torch.empty(part_shape, dtype=torch.float32, device=q.device)
             part_acc = torch.empty((*part_shape, head_dim), dtype=torch.float32, device=q.device)
         kernels.decode.paged_decode_partial_kernel[(num_decode, num_kv_heads, num_splits)](
-            q3, k3, v3, kv_cache, out, sinks_arg, part_m, part_l, part_acc,
-            input_pos, cache_loc, cu_num_pages, num_prefill, num_prefill_tokens,
-            q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
-            out.stride(0), out.stride(1), *cache_strides,
-            num_heads=num_heads, num_splits=num_splits,
-            GROUP=group, GROUP_PAD=max(cfg.block_m, _next_pow2(group)), PAGE_SIZE=page_size,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=cfg.block_n, SINGLE_SPLIT=single,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+            q3,
+            k3,
+            v3,
+            kv_cache,
+            out,
+            sinks_arg,
+            part_m,
+            part_l,
+            part_acc,
+            input_pos,
+            cache_loc,
+            cu_num_pages,
+            num_prefill,
+            num_prefill_tokens,
+            q3.stride(0),
+            q3.stride(1),
+            k3.stride(0),
+            k3.stride(1),
+            v3.stride(0),
+            v3.stride(1),
+            out.stride(0),
+            out.stride(1),
+            *cache_strides,
+            num_heads=num_heads,
+            num_splits=num_splits,
+            GROUP=group,
+            GROUP_PAD=max(cfg.block_m, _next_pow2(group)),
+            PAGE_SIZE=page_size,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            BLOCK_N=cfg.block_n,
+            SINGLE_SPLIT=single,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **common,
         )
         if not single:
             kernels.decode.paged_decode_reduce_kernel[(num_decode, num_heads)](
-                out, sinks_arg, part_m, part_l, part_acc, num_prefill_tokens,
-                out.stride(0), out.stride(1), num_heads, num_splits,
-                SPLITS_PAD=_next_pow2(num_splits), HEAD_DIM=head_dim, BLOCK_D=block_d,
-                HAS_SINKS=sinks is not None, num_warps=4 if on_gpu else 1,
+                out,
+                sinks_arg,
+                part_m,
+                part_l,
+                part_acc,
+                num_prefill_tokens,
+                out.stride(0),
+                out.stride(1),
+                num_heads,
+                num_splits,
+                SPLITS_PAD=_next_pow2(num_splits),
+                HEAD_DIM=head_dim,
+                BLOCK_D=block_d,
+                HAS_SINKS=sinks is not None,
+                num_warps=4 if on_gpu else 1,
             )
     return out.view(q.shape)
 
@@ -305,23 +412,53 @@ def triton_paged_attention(
 # ----------------------------------------------------------------------------------------------
 @torch.library.custom_op("auto_deploy::triton_attention_with_cache", mutates_args=("kv_cache",))
 def triton_attention_with_cache(
-    q: Tensor, k: Tensor, v: Tensor,
-    batch_info_host: Tensor, cu_seqlen: Tensor, input_pos: Tensor, cache_loc: Tensor,
-    cu_num_pages: Tensor, kv_cache: Tensor,
-    scale: float | None = None, sliding_window: int | None = None,
-    logit_cap: float | None = None, sinks: Tensor | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    batch_info_host: Tensor,
+    cu_seqlen: Tensor,
+    input_pos: Tensor,
+    cache_loc: Tensor,
+    cu_num_pages: Tensor,
+    kv_cache: Tensor,
+    scale: float | None = None,
+    sliding_window: int | None = None,
+    logit_cap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor:
     """Paged-cache attention for a packed batch (prefill sequences first, then decode)."""
     return triton_paged_attention(
-        q, k, v, batch_info_host, cu_seqlen, input_pos, cache_loc, cu_num_pages, kv_cache,
-        scale, sliding_window, logit_cap, sinks,
+        q,
+        k,
+        v,
+        batch_info_host,
+        cu_seqlen,
+        input_pos,
+        cache_loc,
+        cu_num_pages,
+        kv_cache,
+        scale,
+        sliding_window,
+        logit_cap,
+        sinks,
     )
 
 
 @triton_attention_with_cache.register_fake
 def _triton_attention_with_cache_fake(
-    q, k, v, batch_info_host, cu_seqlen, input_pos, cache_loc, cu_num_pages, kv_cache,
-    scale=None, sliding_window=None, logit_cap=None, sinks=None,
+    q,
+    k,
+    v,
+    batch_info_host,
+    cu_seqlen,
+    input_pos,
+    cache_loc,
+    cu_num_pages,
+    kv_cache,
+    scale=None,
+    sliding_window=None,
+    logit_cap=None,
+    sinks=None,
 ):
     return q.new_empty(q.shape)
 
@@ -355,9 +492,4 @@ class TritonCachedAttention(AttentionDescriptor):
                 problem = cpu_interpreter_problem()
                 if problem is not None:
                     problems.append(problem)
-        window, cap = args["sliding_window"], args["logit_cap"]
-        if isinstance(window, int) and window < 1:
-            problems.append(f"sliding_window={window} (must be >= 1)")
-        if isinstance(cap, (int, float)) and cap <= 0:
-            problems.append(f"logit_cap={cap} (must be > 0)")
         return problems

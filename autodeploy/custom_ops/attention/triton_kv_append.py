@@ -13,12 +13,27 @@ import triton.language as tl
 
 @triton.jit
 def kv_append_kernel(
-    k_ptr, v_ptr, kv_cache_ptr,
-    cu_seqlen_ptr, input_pos_ptr, cache_loc_ptr, cu_num_pages_ptr,
-    stride_k_token, stride_k_head, stride_v_token, stride_v_head,
-    stride_cache_page, stride_cache_kv, stride_cache_head, stride_cache_row,
-    NUM_KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    k_ptr,
+    v_ptr,
+    kv_cache_ptr,
+    cu_seqlen_ptr,
+    input_pos_ptr,
+    cache_loc_ptr,
+    cu_num_pages_ptr,
+    stride_k_token,
+    stride_k_head,
+    stride_v_token,
+    stride_v_head,
+    stride_cache_page,
+    stride_cache_kv,
+    stride_cache_head,
+    stride_cache_row,
+    NUM_KV_HEADS: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """kv_cache[page(p), 0/1, h, p % PAGE_SIZE, :] = k/v[token, h, :] for every new token.
 
@@ -44,15 +59,19 @@ def kv_append_kernel(
     positions = tl.load(input_pos_ptr + seq) + t
     page_base = tl.load(cu_num_pages_ptr + seq)
     page = tl.load(cache_loc_ptr + page_base + positions // PAGE_SIZE, mask=t_mask, other=0)
-    row_offset = page.to(tl.int64) * stride_cache_page \
-        + (positions % PAGE_SIZE).to(tl.int64) * stride_cache_row  # [T]
+    row_offset = (
+        page.to(tl.int64) * stride_cache_page
+        + (positions % PAGE_SIZE).to(tl.int64) * stride_cache_row
+    )  # [T]
     dst = kv_cache_ptr + row_offset[:, None] + (head * stride_cache_head + d)[None, :]
 
     token = (first_token + t).to(tl.int64)
-    k = tl.load(k_ptr + token[:, None] * stride_k_token + (head * stride_k_head + d)[None, :],
-                mask=mask)
-    v = tl.load(v_ptr + token[:, None] * stride_v_token + (head * stride_v_head + d)[None, :],
-                mask=mask)
+    k = tl.load(
+        k_ptr + token[:, None] * stride_k_token + (head * stride_k_head + d)[None, :], mask=mask
+    )
+    v = tl.load(
+        v_ptr + token[:, None] * stride_v_token + (head * stride_v_head + d)[None, :], mask=mask
+    )
     cache_dtype = kv_cache_ptr.dtype.element_ty
     tl.store(dst, k.to(cache_dtype), mask=mask)
     tl.store(dst + stride_cache_kv, v.to(cache_dtype), mask=mask)

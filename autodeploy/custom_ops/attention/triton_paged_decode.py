@@ -24,16 +24,48 @@ from .triton_common import LOG2E, NEG_LARGE
 
 @triton.jit
 def paged_decode_partial_kernel(
-    q_ptr, k_ptr, v_ptr, kv_cache_ptr, out_ptr, sinks_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
-    input_pos_ptr, cache_loc_ptr, cu_num_pages_ptr, first_seq, first_token,
-    stride_q_token, stride_q_head, stride_k_token, stride_k_head, stride_v_token, stride_v_head,
-    stride_o_token, stride_o_head,
-    stride_cache_page, stride_cache_kv, stride_cache_head, stride_cache_row,
-    scale, logit_cap, sliding_window, num_heads, num_splits,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
-    HAS_SINKS: tl.constexpr, SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    kv_cache_ptr,
+    out_ptr,
+    sinks_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    part_acc_ptr,
+    input_pos_ptr,
+    cache_loc_ptr,
+    cu_num_pages_ptr,
+    first_seq,
+    first_token,
+    stride_q_token,
+    stride_q_head,
+    stride_k_token,
+    stride_k_head,
+    stride_v_token,
+    stride_v_head,
+    stride_o_token,
+    stride_o_head,
+    stride_cache_page,
+    stride_cache_kv,
+    stride_cache_head,
+    stride_cache_row,
+    scale,
+    logit_cap,
+    sliding_window,
+    num_heads,
+    num_splits,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Partial attention of decode sequence ``first_seq + pid0`` over one chunk of its keys.
 
@@ -93,13 +125,19 @@ def paged_decode_partial_kernel(
     cache_dtype = kv_cache_ptr.dtype.element_ty
     is_owner = (q_pos >= lo) & (q_pos < hi)
     d_valid = d < HEAD_DIM
-    k_new = tl.load(k_ptr + token * stride_k_token + kv_head * stride_k_head + d, mask=d_valid,
-                    other=0.0).to(cache_dtype)  # [D]
-    v_new = tl.load(v_ptr + token * stride_v_token + kv_head * stride_v_head + d, mask=d_valid,
-                    other=0.0).to(cache_dtype)
+    k_new = tl.load(
+        k_ptr + token * stride_k_token + kv_head * stride_k_head + d, mask=d_valid, other=0.0
+    ).to(cache_dtype)  # [D]
+    v_new = tl.load(
+        v_ptr + token * stride_v_token + kv_head * stride_v_head + d, mask=d_valid, other=0.0
+    ).to(cache_dtype)
     new_page = tl.load(cache_loc_ptr + page_base + q_pos // PAGE_SIZE).to(tl.int64)
-    new_ptrs = kv_head_ptr + new_page * stride_cache_page \
-        + (q_pos % PAGE_SIZE).to(tl.int64) * stride_cache_row + d
+    new_ptrs = (
+        kv_head_ptr
+        + new_page * stride_cache_page
+        + (q_pos % PAGE_SIZE).to(tl.int64) * stride_cache_row
+        + d
+    )
     tl.store(new_ptrs, k_new, mask=d_valid & is_owner)
     tl.store(new_ptrs + stride_cache_kv, v_new, mask=d_valid & is_owner)
 
@@ -109,8 +147,9 @@ def paged_decode_partial_kernel(
         k_mask = k_pos < cached_end
         page = tl.load(cache_loc_ptr + page_base + k_pos // PAGE_SIZE, mask=k_mask, other=0)
         row = (k_pos % PAGE_SIZE).to(tl.int64) * stride_cache_row
-        kv_ptrs = kv_head_ptr + page.to(tl.int64)[:, None] * stride_cache_page + row[:, None] \
-            + d[None, :]  # [N, D] K of this kv head
+        kv_ptrs = (
+            kv_head_ptr + page.to(tl.int64)[:, None] * stride_cache_page + row[:, None] + d[None, :]
+        )  # [N, D] K of this kv head
         k = tl.load(kv_ptrs, mask=k_mask[:, None] & d_mask, other=0.0)
 
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [G, N]
@@ -153,10 +192,20 @@ def paged_decode_partial_kernel(
 
 @triton.jit
 def paged_decode_reduce_kernel(
-    out_ptr, sinks_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, first_token,
-    stride_o_token, stride_o_head, num_heads, num_splits,
-    SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_SINKS: tl.constexpr,
+    out_ptr,
+    sinks_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    part_acc_ptr,
+    first_token,
+    stride_o_token,
+    stride_o_head,
+    num_heads,
+    num_splits,
+    SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     """Merge the num_splits partial states of one (decode sequence, query head) into ``out``.
 
@@ -171,8 +220,9 @@ def paged_decode_reduce_kernel(
     l = tl.load(part_l_ptr + part, mask=split_mask, other=0.0)  # noqa: E741
     d = tl.arange(0, BLOCK_D)
     acc_mask = split_mask[:, None] & (d[None, :] < HEAD_DIM)
-    acc = tl.load(part_acc_ptr + part[:, None].to(tl.int64) * HEAD_DIM + d[None, :],
-                  mask=acc_mask, other=0.0)  # [S, D]
+    acc = tl.load(
+        part_acc_ptr + part[:, None].to(tl.int64) * HEAD_DIM + d[None, :], mask=acc_mask, other=0.0
+    )  # [S, D]
 
     m_max = tl.max(m, 0)
     if HAS_SINKS:
@@ -185,5 +235,8 @@ def paged_decode_reduce_kernel(
     out = tl.sum(acc * weight[:, None], 0) / denominator  # [D]
 
     token = (first_token + dseq).to(tl.int64)
-    tl.store(out_ptr + token * stride_o_token + head * stride_o_head + d,
-             out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+    tl.store(
+        out_ptr + token * stride_o_token + head * stride_o_head + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < HEAD_DIM,
+    )

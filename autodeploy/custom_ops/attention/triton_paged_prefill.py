@@ -20,14 +20,38 @@ from .triton_common import LOG2E, NEG_LARGE
 
 @triton.jit
 def paged_prefill_kernel(
-    q_ptr, kv_cache_ptr, out_ptr, sinks_ptr,
-    cu_seqlen_ptr, input_pos_ptr, cache_loc_ptr, cu_num_pages_ptr,
-    stride_q_token, stride_q_head, stride_o_token, stride_o_head,
-    stride_cache_page, stride_cache_kv, stride_cache_head, stride_cache_row,
-    scale, logit_cap, sliding_window, num_seqs, num_tiles, search_steps,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_CAP: tl.constexpr, HAS_SINKS: tl.constexpr,
+    q_ptr,
+    kv_cache_ptr,
+    out_ptr,
+    sinks_ptr,
+    cu_seqlen_ptr,
+    input_pos_ptr,
+    cache_loc_ptr,
+    cu_num_pages_ptr,
+    stride_q_token,
+    stride_q_head,
+    stride_o_token,
+    stride_o_head,
+    stride_cache_page,
+    stride_cache_kv,
+    stride_cache_head,
+    stride_cache_row,
+    scale,
+    logit_cap,
+    sliding_window,
+    num_seqs,
+    num_tiles,
+    search_steps,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """out[t, h] = sum_j softmax_j(s_tj) v_j for BLOCK_Q new tokens of one sequence, one kv head.
@@ -113,8 +137,12 @@ def paged_prefill_kernel(
             k_mask = k_pos < phase_end
             page = tl.load(cache_loc_ptr + page_base + k_pos // PAGE_SIZE, mask=k_mask, other=0)
             row = (k_pos % PAGE_SIZE).to(tl.int64) * stride_cache_row
-            kv_ptrs = kv_head_ptr + page.to(tl.int64)[:, None] * stride_cache_page \
-                + row[:, None] + d[None, :]  # [N, D] K of this kv head
+            kv_ptrs = (
+                kv_head_ptr
+                + page.to(tl.int64)[:, None] * stride_cache_page
+                + row[:, None]
+                + d[None, :]
+            )  # [N, D] K of this kv head
             k = tl.load(kv_ptrs, mask=k_mask[:, None] & d_mask, other=0.0)
 
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [M, N]

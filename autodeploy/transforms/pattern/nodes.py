@@ -11,6 +11,7 @@ from torch.fx import Graph, GraphModule, Node
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
 from ...utils.logger import logger
+from ...utils.node_args import bound_args
 from ..graph_utils import fake_mode_of, get_attr_value, node_val
 
 aten = torch.ops.aten
@@ -116,26 +117,6 @@ def strip_noise(node: Any) -> Any:
             return node
         node = src
     return node
-
-
-def bound_args(node: Node) -> dict[str, Any]:
-    """All arguments of an op node by schema name, defaults filled in (export and hand-written
-    graphs pass the same argument positionally or by keyword)."""
-    target = node.target
-    schema = getattr(target, "_schema", None)
-    if schema is None:
-        return {**{str(i): a for i, a in enumerate(node.args)}, **node.kwargs}
-    out: dict[str, Any] = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            out[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            out[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            out[arg.name] = arg.default_value
-        else:
-            out[arg.name] = None
-    return out
 
 
 def _rank_of(value: Any) -> int | None:

@@ -9,6 +9,7 @@ problem: reported in the build summary, an error in strict mode; the model then 
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field, field_validator
 
 from ....compile import CompileBackendRegistry
@@ -23,9 +24,10 @@ class CompileModelConfig(TransformConfig):
     """Settings of every backend; each backend reads the ones it uses (as keyword options)."""
 
     backend: str = Field(
-        default="torch-simple",
+        default="auto",
         description="Compile backend (registered name; the `compile_backend` shortcut sets it): "
-        "torch-simple, torch-compile, torch-cudagraph, torch-opt.",
+        "torch-simple, torch-compile, torch-cudagraph, torch-opt. 'auto': torch-cudagraph on "
+        "CUDA, torch-simple elsewhere.",
     )
     cuda_graph_batch_sizes: list[int] | None = Field(
         default=None,
@@ -48,7 +50,7 @@ class CompileModelConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if not CompileBackendRegistry.has(value):
+        if value != "auto" and not CompileBackendRegistry.has(value):
             known = CompileBackendRegistry.names()
             raise ValueError(
                 f"unknown compile backend {value!r}.{did_you_mean(value, known)} "
@@ -90,7 +92,7 @@ class CompileModel(BaseTransform):
         return CompileModelConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        backend_cls = CompileBackendRegistry.get(self.config.backend)
+        backend_cls = CompileBackendRegistry.get(_resolve_backend(self.config.backend, cm))
         try:
             compiled = backend_cls(gm, cm, **self.config.backend_options()).compile()
         except CompileBackendUnavailableError as exc:
@@ -100,3 +102,11 @@ class CompileModel(BaseTransform):
             )
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         return compiled, TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True)
+
+
+def _resolve_backend(name: str, cm) -> str:
+    """What ``auto`` stands for: CUDA graphs on a GPU, the eager module elsewhere."""
+    if name != "auto":
+        return name
+    on_cuda = cm is not None and torch.device(cm.device).type == "cuda"
+    return "torch-cudagraph" if on_cuda else "torch-simple"
