@@ -100,8 +100,9 @@ class PagedKVResourceHandler(ResourceHandler):
     def example(self, info: SequenceInfo) -> torch.Tensor:
         """Meta tensor for graph metadata; the page count is a stand-in until the pool is sized."""
         num_pages = info.num_pages if info.num_pages is not None else 2
-        return torch.empty((num_pages, *self.page_shape(info.page_size)), dtype=self.dtype,
-                           device="meta")
+        return torch.empty(
+            (num_pages, *self.page_shape(info.page_size)), dtype=self.dtype, device="meta"
+        )
 
     def shape(self, info: SequenceInfo) -> tuple[int, ...]:
         if info.num_pages is None:

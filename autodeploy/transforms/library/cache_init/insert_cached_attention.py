@@ -22,7 +22,6 @@ from ...graph_utils import add_graph_input, find_nodes
 from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
-
 AUTO = "auto"
 
 

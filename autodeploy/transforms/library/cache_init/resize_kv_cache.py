@@ -29,12 +29,15 @@ class ResizeKVCache(BaseTransform):
         unchanged = TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         if not cm.needs_resize():
             reason = (
-                "no paged caches" if not cm.paged_resources
-                else "kv_cache_config.max_tokens is set" if cm.kv_cache_config.max_tokens
+                "no paged caches"
+                if not cm.paged_resources
+                else "kv_cache_config.max_tokens is set"
+                if cm.kv_cache_config.max_tokens
                 else f"device {cm.device} (free memory is only measured on CUDA)"
             )
-            logger.info("skipped (%s): the KV pool keeps its fixed size of %s pages",
-                        reason, cm.num_pages)
+            logger.info(
+                "skipped (%s): the KV pool keeps its fixed size of %s pages", reason, cm.num_pages
+            )
             return gm, unchanged
         if not cm.caches:
             raise ConfigError("resize_kv_cache runs after initialize_cache; enable it first.")
