@@ -96,3 +96,13 @@ def test_an_unavailable_backend_is_a_reported_problem():
     assert gm.meta["_autodeploy"]["transform_history"]["compile_model"].skipped
     with pytest.raises(BuildError, match="cannot run here.*strict mode is on"):
         InferenceOptimizer(None, config, strict=True)(None, gm)
+
+
+def test_misspelled_auto_backends_are_suggested():
+    from autodeploy.config import LlmArgs
+    from autodeploy.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"compile backend 'atuo'\. Did you mean 'auto'\?"):
+        LlmArgs(compile_backend="atuo")
+    with pytest.raises(ConfigError, match=r"attention backend 'atuo'\. Did you mean 'auto'\?"):
+        LlmArgs(attn_backend="atuo")

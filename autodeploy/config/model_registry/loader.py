@@ -317,7 +317,7 @@ def _load_fragments(registry: Registry) -> list[str]:
                 problems.append(
                     f"{path}, line {line}: a registry file cannot enable trust_remote_code "
                     "(it runs Python code shipped with the checkpoint). Remove the key; users "
-                    "who trust the model pass trust_remote_code=True themselves."
+                    "who trust the model turn trust_remote_code on in their own settings."
                 )
         registry.fragments[file] = layer
     return problems

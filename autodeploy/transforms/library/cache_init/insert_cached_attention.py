@@ -50,10 +50,10 @@ class InsertCachedAttentionConfig(TransformConfig):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if value != AUTO and not AttentionRegistry.has(value):
-            known = AttentionRegistry.names()
+            known = [AUTO, *AttentionRegistry.names()]
             raise ValueError(
                 f"unknown attention backend {value!r}.{did_you_mean(value, known)} "
-                f"Registered: {', '.join(known) or '(none)'} (a backend whose optional "
+                f"Choices: {', '.join(known)} (a backend whose optional "
                 "dependency is not installed is not registered)"
             )
         return value

@@ -19,6 +19,8 @@ from ...base import BaseTransform
 from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
+AUTO = "auto"
+
 
 class CompileModelConfig(TransformConfig):
     """Settings of every backend; each backend reads the ones it uses (as keyword options)."""
@@ -50,11 +52,11 @@ class CompileModelConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value != "auto" and not CompileBackendRegistry.has(value):
-            known = CompileBackendRegistry.names()
+        if value != AUTO and not CompileBackendRegistry.has(value):
+            known = [AUTO, *CompileBackendRegistry.names()]
             raise ValueError(
                 f"unknown compile backend {value!r}.{did_you_mean(value, known)} "
-                f"Registered: {', '.join(known) or '(none)'}"
+                f"Choices: {', '.join(known)}"
             )
         return value
 
@@ -106,7 +108,7 @@ class CompileModel(BaseTransform):
 
 def _resolve_backend(name: str, cm) -> str:
     """What ``auto`` stands for: CUDA graphs on a GPU, the eager module elsewhere."""
-    if name != "auto":
+    if name != AUTO:
         return name
     on_cuda = cm is not None and torch.device(cm.device).type == "cuda"
     return "torch-cudagraph" if on_cuda else "torch-simple"
