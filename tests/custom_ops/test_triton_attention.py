@@ -32,7 +32,7 @@ from autodeploy.custom_ops.attention.descriptor import (  # noqa: E402
 from autodeploy.custom_ops.attention.torch_cached_backend import (  # noqa: E402, F401
     torch_cached_attention,
 )
-from autodeploy.custom_ops.attention.triton_backend import (  # noqa: E402
+from autodeploy.custom_ops.attention.triton_launch import (  # noqa: E402
     cpu_interpreter_problem,
     triton_paged_attention,
 )

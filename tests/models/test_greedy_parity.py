@@ -148,7 +148,7 @@ def test_greedy_tokens_match_hugging_face_triton_backend(checkpoints):
 
     if not AttentionRegistry.has("triton"):
         pytest.skip("the triton attention backend is not registered")
-    from autodeploy.custom_ops.attention.triton_backend import cpu_interpreter_problem
+    from autodeploy.custom_ops.attention.triton_launch import cpu_interpreter_problem
 
     path, expected = checkpoints[TRITON_ARCH]
     prompts = make_prompts()
