@@ -42,12 +42,17 @@ class BuildResult:
 
 
 def check_supported(args: LlmArgs) -> None:
-    """Settings that are accepted by the configuration but not implemented yet."""
+    """Settings the configuration accepts but this machine cannot run: a ConfigError before
+    anything is built (e.g. more ranks than GPUs)."""
     if args.world_size > 1:
-        raise ConfigError(
-            f"world_size={args.world_size}: running on several ranks is not implemented yet "
-            "(sharding and the multi-rank launcher come in a later release). Set world_size: 1."
-        )
+        import os
+
+        from ..distributed.process_group import check_devices, launched_by_torchrun
+
+        on_this_node = args.world_size
+        if launched_by_torchrun():
+            on_this_node = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+        check_devices(args.world_size, args.resolved_device(), on_this_node)
 
 
 def make_sequence_interface(args: LlmArgs, device: str) -> Any:
@@ -62,9 +67,11 @@ def make_sequence_interface(args: LlmArgs, device: str) -> Any:
     )
 
 
-def build_from_args(args: LlmArgs) -> BuildResult:
-    """Run the whole build for ``args`` (see the module docstring)."""
+def build_from_args(args: LlmArgs, rank: int = 0) -> BuildResult:
+    """Run the whole build for ``args`` (see the module docstring) as ``rank`` of
+    ``args.world_size`` ranks (the sharding transforms keep this rank's part of the model)."""
     from ..transforms import InferenceOptimizer
+    from ..transforms.interface import SharedConfig
 
     check_supported(args)
     start = time.perf_counter()
@@ -72,8 +79,13 @@ def build_from_args(args: LlmArgs) -> BuildResult:
     factory = create_factory(args)
     cm = make_sequence_interface(args, device)
     logger.info("building %s on %s (%d transforms)", args.model, device, len(args.transforms))
+    shared = SharedConfig(local_rank=rank, world_size=args.world_size, strict=args.strict)
     optimizer = InferenceOptimizer(
-        factory, args.transforms, strict=args.strict, resolved_config=args.to_dict()
+        factory,
+        args.transforms,
+        strict=args.strict,
+        shared_config=shared,
+        resolved_config=args.to_dict(),
     )
     model = optimizer(cm)
     if cm.num_pages is None:

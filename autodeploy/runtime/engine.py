@@ -30,6 +30,7 @@ import torch
 from ..utils.errors import CapacityError
 from ..utils.logger import logger
 from .kv_block_manager import KVBlockManager
+from .model_runner import LocalModelRunner
 from .request import Request, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
@@ -70,9 +71,12 @@ class Engine:
         eos_token_ids: Iterable[int] = (),
         seed: int | None = None,
         progress_interval_s: float = 5.0,
+        model_runner: Any | None = None,
     ):
         self.model = model
         self.cm = cm
+        # Lays out each step and runs the forward (several ranks: sends the step to them too).
+        self.model_runner = model_runner or LocalModelRunner(model, cm)
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
@@ -167,7 +171,7 @@ class Engine:
             return []
         rows = self._prepare(batch)
         forward_start = time.perf_counter()
-        logits = self.model(**self.cm.named_args)
+        logits = self.model_runner.forward()
         last_logits = self.cm.info.gather_last_logits(logits)
         last_logits = last_logits.reshape(len(rows), -1)
         tokens = self.sampler.sample(last_logits, rows)  # syncs: tokens come to the host
@@ -205,7 +209,7 @@ class Engine:
                 decode_tokens += num_new
         self.stats.prefill_tokens += prefill_tokens
         self.stats.decode_tokens += decode_tokens
-        self.cm.info.nest_sequences(input_ids, input_pos, cache_loc, slot_idx=slot_idx)
+        self.model_runner.prepare(input_ids, input_pos, cache_loc, slot_idx)
         return rows
 
     def _update(
@@ -252,3 +256,4 @@ class Engine:
     def shutdown(self) -> None:
         for request_id in list(self._requests):
             self.abort_request(request_id)
+        self.model_runner.shutdown()

@@ -70,12 +70,17 @@ class LLM:
         self.args = args
         # Registry device settings (env variables not set yet) must be in place before the build.
         apply_registry_environment(args)
-        self._build: BuildResult | None = build_from_args(args)
+        self._ranks = None
+        self._num_pages: int | None = None
+        if args.world_size > 1:
+            self._build = self._build_on_ranks(args)
+        else:
+            self._build = build_from_args(args)
         cm = self._build.cm
         self._engine = Engine(
             self._build.model,
             cm,
-            num_pages=cm.num_pages,
+            num_pages=self._num_pages or cm.num_pages,
             page_size=cm.page_size,
             max_batch_size=args.max_batch_size,
             max_num_tokens=cm.info.max_num_tokens,
@@ -83,7 +88,37 @@ class LLM:
             device=cm.device,
             tokenizer=self._build.tokenizer,
             eos_token_ids=self._build.eos_token_ids,
+            model_runner=self._model_runner(),
         )
+
+    def _build_on_ranks(self, args: LlmArgs) -> BuildResult:
+        """Start (or join) the ranks and build this rank's part. Under torchrun, ranks other
+        than 0 serve rank 0's steps here and exit when it shuts down."""
+        from ..distributed.launch import RankGroup
+        from ..distributed.worker import build_and_serve
+
+        self._ranks = RankGroup.start(args)
+        if not self._ranks.context.is_driver:
+            build_and_serve(self._ranks, args)
+            self._ranks.shutdown(graceful=False)
+            raise SystemExit(0)
+        try:
+            build = build_from_args(args, rank=0)
+        except Exception as exc:
+            self._ranks.agree_after_build(error=exc)
+            raise
+        pages = self._ranks.agree_after_build(result=build.cm.num_pages)
+        # Every rank must hold the pages rank 0 hands out: use the smallest pool.
+        self._num_pages = min(pages)
+        return build
+
+    def _model_runner(self):
+        if self._ranks is None:
+            return None
+        from ..distributed.runner import DistributedModelRunner
+
+        assert self._build is not None
+        return DistributedModelRunner(self._build.model, self._build.cm, self._ranks)
 
     # ------------------------------------------------------------------ properties
 

@@ -30,3 +30,7 @@ class BuildError(AutoDeployError):
 
 class CapacityError(AutoDeployError):
     """A request can never fit into the configured limits or cache."""
+
+
+class DistributedError(AutoDeployError):
+    """A rank failed or disappeared; the message names the rank and what it reported."""

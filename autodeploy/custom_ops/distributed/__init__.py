@@ -1,0 +1,1 @@
+"""Collectives as canonical ops (``torch_dist_all_reduce``, ``torch_dist_all_gather``)."""

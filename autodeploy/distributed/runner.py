@@ -1,0 +1,58 @@
+"""Rank 0's model runner: sends each step's batch description to every rank, then runs the
+forward like the single-process runner. Any failure on the way becomes a ``DistributedError``
+naming the failed rank, and every worker is stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..runtime.model_runner import LocalModelRunner
+from ..utils.errors import DistributedError
+from .launch import RankGroup
+
+
+class DistributedModelRunner(LocalModelRunner):
+    def __init__(self, model: Any, cm: Any, group: RankGroup):
+        super().__init__(model, cm)
+        self.group = group
+        self._failed: DistributedError | None = None
+
+    def prepare(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        input_pos: Sequence[int],
+        cache_loc: Sequence[Sequence[int]],
+        slot_idx: Sequence[int],
+    ) -> None:
+        self._check_alive()
+        message = (
+            "step",
+            [list(ids) for ids in input_ids],
+            list(input_pos),
+            [list(pages) for pages in cache_loc],
+            list(slot_idx),
+        )
+        try:
+            self.group.broadcast(message)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        super().prepare(input_ids, input_pos, cache_loc, slot_idx)
+
+    def forward(self) -> Any:
+        self._check_alive()
+        try:
+            return super().forward()
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    def shutdown(self) -> None:
+        self.group.shutdown(graceful=self._failed is None)
+
+    def _fail(self, exc: BaseException) -> DistributedError:
+        self._failed = self.group.failure(exc)
+        return self._failed
+
+    def _check_alive(self) -> None:
+        if self._failed is not None:
+            raise DistributedError(f"This job already ended: {self._failed}")
