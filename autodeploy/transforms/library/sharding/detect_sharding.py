@@ -1,0 +1,192 @@
+"""detect_sharding: decide how this rank's part of the model is split (writes the plan).
+
+Before: the canonical graph (unsplit). After: the same graph; ``shared_config.sharding_plan``
+holds one ``WeightSplit`` per split linear (strategy, source, segments) and the layers left
+unsplit with the reason. ``sharding_transform_executor`` applies it. Sources run in
+``sharding_source`` order and the first to claim a linear wins (see the README "Several GPUs").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.fx import GraphModule
+
+from ....utils.errors import ConfigError
+from ....utils.suggest import did_you_mean
+from ...base import BaseTransform
+from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...registry import TransformRegistry
+from ._graph import all_linears
+from ._heuristic import (
+    detect_attention,
+    detect_lm_head,
+    detect_mlp,
+    detect_simple,
+    report_leftovers,
+)
+from ._plan import SHARED_KEY, ShardingPlan
+from ._tp_plan import check_manual_plan, plan_from_tp_plan
+
+SOURCES = ("manual", "factory", "heuristic")
+DIMS = ("tp", "ep", "bmm", "ssm")
+GRID_AXES = ("ep", "tp")
+
+
+class ManualConfig(BaseModel):
+    """``manual_config``: a user plan."""
+
+    model_config = ConfigDict(extra="forbid")
+    head_dim: int | None = Field(
+        default=None, description="Head size: colwise/rowwise splits of the plan keep whole heads."
+    )
+    tp_plan: dict[str, str] = Field(
+        default_factory=dict,
+        description="Module-path pattern (`*` = one component) -> colwise | rowwise | gather.",
+    )
+
+
+class DetectShardingConfig(TransformConfig):
+    simple_shard_only: bool = Field(
+        default=False, description="Split every linear's outputs and all-gather them."
+    )
+    sharding_source: list[Literal["manual", "factory", "heuristic"]] = Field(
+        default_factory=lambda: ["manual", "factory", "heuristic"],
+        description="Plan sources in priority order; the first to claim a layer wins.",
+    )
+    support_partial_config: bool = Field(
+        default=True,
+        description="Layers a manual/factory plan leaves out fall to the next sources; false: "
+        "an incomplete plan is rejected (a reported problem; an error in strict mode).",
+    )
+    sharding_dims: list[Literal["tp", "ep", "bmm", "ssm"]] = Field(
+        default_factory=lambda: ["tp", "ep", "bmm"], description="Which heuristics run."
+    )
+    process_grid: dict[str, int] | None = Field(
+        default=None, description="{ep: E, tp: T} mesh for MoE layers (E*T == world_size)."
+    )
+    manual_config: ManualConfig = Field(
+        default_factory=ManualConfig, description="A user plan: {head_dim, tp_plan}."
+    )
+
+    @field_validator("process_grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, int] | None) -> dict[str, int] | None:
+        for axis, size in (grid or {}).items():
+            if axis not in GRID_AXES:
+                raise ValueError(
+                    f"unknown process_grid axis {axis!r}.{did_you_mean(axis, GRID_AXES)} "
+                    f"Axes: {', '.join(GRID_AXES)}."
+                )
+            if not isinstance(size, int) or size < 1:
+                raise ValueError(f"process_grid.{axis} must be a positive integer, got {size!r}")
+        return grid
+
+
+@TransformRegistry.register("detect_sharding")
+class DetectSharding(BaseTransform):
+    """Build this rank's sharding plan from the manual, factory and heuristic sources."""
+
+    config: DetectShardingConfig
+
+    @classmethod
+    def get_config_class(cls) -> type[TransformConfig]:
+        return DetectShardingConfig
+
+    def _apply(self, gm, cm, factory, shared_config: SharedConfig):
+        world = shared_config.world_size
+        unchanged = TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
+        if world < 2 or not isinstance(gm, GraphModule):
+            return gm, unchanged
+        cfg = self.config
+        self._check_grid(world, shared_config)
+        plan = ShardingPlan(world_size=world, rank=shared_config.local_rank)
+        claimed: set[str] = set()
+        for source in cfg.sharding_source:
+            if source == "heuristic":
+                self._heuristic(gm, plan, claimed)
+            else:
+                self._plan_source(gm, plan, claimed, source, factory, shared_config)
+        report_leftovers(gm, plan, claimed)
+        for note in plan.notes:
+            self.log_note(note)
+        setattr(shared_config, SHARED_KEY, plan)
+        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+
+    def log_note(self, note: str) -> None:
+        from ....utils.logger import logger
+
+        logger.info("sharding: %s", note)
+
+    def _check_grid(self, world: int, shared_config: SharedConfig) -> None:
+        grid = self.config.process_grid
+        if grid is None:
+            return
+        product = 1
+        for size in grid.values():
+            product *= size
+        if product != world:
+            self.report_problem(
+                shared_config,
+                f"process_grid {grid} has {product} ranks but world_size={world}; MoE layers "
+                "use 1-D expert parallelism instead.",
+            )
+
+    def _heuristic(self, gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> None:
+        if self.config.simple_shard_only:
+            detect_simple(gm, plan, claimed)
+            return
+        if "tp" in self.config.sharding_dims:
+            detect_attention(gm, plan, claimed)
+            detect_mlp(gm, plan, claimed)
+            detect_lm_head(gm, plan, claimed)
+
+    def _plan_source(self, gm, plan, claimed, source, factory, shared_config) -> None:
+        if source == "manual":
+            tp_plan = self.config.manual_config.tp_plan
+            if not tp_plan:
+                return
+            check_manual_plan(tp_plan, all_linears(gm))
+            head_dim = self.config.manual_config.head_dim
+        else:
+            sharding = factory.get_sharding_config() if factory is not None else {}
+            tp_plan = dict(sharding.get("tp_plan") or {})
+            if not tp_plan:
+                plan.notes.append("factory: the model has no base_model_tp_plan")
+                return
+            head_dim = _factory_head_dim(factory)
+        before = len(plan.splits)
+        try:
+            uncovered = plan_from_tp_plan(gm, plan, tp_plan, source, head_dim, set(claimed))
+        except ConfigError as exc:
+            if source == "manual":
+                raise
+            # The model's own plan does not fit this world size: the heuristic takes over.
+            del plan.splits[before:]
+            plan.notes.append(f"factory plan not applied: {exc}")
+            return
+        new = plan.splits[before:]
+        if uncovered and not self.config.support_partial_config:
+            del plan.splits[before:]
+            shown = ", ".join(uncovered[:4]) + (" ..." if len(uncovered) > 4 else "")
+            self.report_problem(
+                shared_config,
+                f"the {source} tp_plan does not cover {len(uncovered)} linear layers ({shown}) "
+                "and support_partial_config is false: the plan was not applied.",
+            )
+            return
+        claimed.update(split.node for split in new)
+
+
+def _factory_head_dim(factory) -> int | None:
+    config = getattr(factory, "model_config", None)
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim:
+        return int(head_dim)
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    return hidden // heads if heads and hidden else None
+
+
+__all__ = ["DetectSharding", "DetectShardingConfig", "SOURCES", "DIMS"]
