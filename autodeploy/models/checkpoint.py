@@ -47,7 +47,14 @@ def find_checkpoint_files(model_dir: Path) -> list[Path]:
     return []
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: Path, slices: dict | None = None, rename: Callable[[str], str] | None = None
+) -> dict[str, torch.Tensor]:
+    """One file's tensors; with ``slices`` (a sharded model), safetensors are read sliced."""
+    if path.suffix == ".safetensors" and slices:
+        from .sliced_loading import read_safetensors_sliced
+
+        return read_safetensors_sliced(path, slices, rename)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -55,9 +62,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def iter_checkpoint(files: list[Path]) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+def iter_checkpoint(
+    files: list[Path], slices: dict | None = None, rename: Callable[[str], str] | None = None
+) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
     for path in files:
-        yield path, read_state_dict(path)
+        yield path, read_state_dict(path, slices, rename)
 
 
 def materialize_on_device(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -103,7 +112,9 @@ def load_checkpoint(
         aliases.setdefault(id(value), set()).add(key)
     loaded: set[int] = set()
     unexpected: set[str] = set()
-    for path, shard in iter_checkpoint(files):
+    from .sliced_loading import load_slices_of
+
+    for path, shard in iter_checkpoint(files, load_slices_of(model), rename):
         logger.info("loading %s (%d tensors)", path.name, len(shard))
         if rename is not None:
             shard = {rename(key): value for key, value in shard.items()}

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
-LOAD_SLICES_KEY = "load_slices"
+from ....models.sliced_loading import LOAD_SLICES_KEY
 
 
 class SliceOnLoad:

@@ -64,11 +64,15 @@ def plan_from_tp_plan(
     compiled = [(_pattern_regex(p), s) for p, s in tp_plan.items()]
     uncovered: list[str] = []
     world = plan.world_size
+    not_applied: dict[str, str] = {}
     for info in all_linears(gm):
-        strategy = next((s for regex, s in compiled if regex.match(info.module)), None)
+        pattern, strategy = next(
+            ((p, s) for (regex, s), p in zip(compiled, tp_plan) if regex.match(info.module)),
+            (None, None),
+        )
         if source == "factory" and strategy is not None:
             if strategy not in _HF_EQUIVALENT:
-                plan.notes.append(f"{info.module}: factory plan value {strategy!r} not applied")
+                not_applied[str(pattern)] = strategy
                 strategy = None
             else:
                 strategy = _HF_EQUIVALENT[strategy]
@@ -98,4 +102,6 @@ def plan_from_tp_plan(
             )
         )
         claimed.add(info.node.name)
+    for pattern, strategy in not_applied.items():
+        plan.notes.append(f"factory plan {pattern!r}: {strategy!r} is not applied here")
     return uncovered
