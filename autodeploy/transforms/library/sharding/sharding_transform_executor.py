@@ -107,11 +107,13 @@ class ShardingTransformExecutor(BaseTransform):
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         plan: ShardingPlan | None = getattr(shared_config, SHARED_KEY, None)
-        if not isinstance(gm, GraphModule) or plan is None or not plan.splits:
+        if not isinstance(gm, GraphModule) or plan is None:
+            return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
+        gm.meta[PLAN_META_KEY] = plan
+        if not plan.splits:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         for split in plan.splits:
             apply_split(gm, split, plan.rank, plan.world_size)
-        gm.meta[PLAN_META_KEY] = plan
         canonicalize_graph(gm)
         run_shape_prop(gm)  # checks that every local size fits together
         return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
