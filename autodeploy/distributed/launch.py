@@ -195,5 +195,7 @@ def _exit_reason(exitcode: int) -> str:
 
 
 def _format_failures(failed: dict[int, str], what: str) -> str:
-    parts = [f"rank {rank} {what}: {message}" for rank, message in sorted(failed.items())]
+    parts = [
+        f"rank {rank} {what}: {message.rstrip('.')}" for rank, message in sorted(failed.items())
+    ]
     return "; ".join(parts) + ". Every rank of the job was stopped."

@@ -52,7 +52,16 @@ def check_supported(args: LlmArgs) -> None:
         on_this_node = args.world_size
         if launched_by_torchrun():
             on_this_node = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
-        check_devices(args.world_size, args.resolved_device(), on_this_node)
+        source = args.provenance().get("world_size", "")
+        try:
+            check_devices(args.world_size, args.resolved_device(), on_this_node)
+        except ConfigError as exc:
+            if "registry" not in source:
+                raise
+            raise ConfigError(
+                f"{exc} (world_size comes from {source}; a keyword world_size=N or "
+                "--args.world_size N overrides it)"
+            ) from None
 
 
 def make_sequence_interface(args: LlmArgs, device: str) -> Any:
