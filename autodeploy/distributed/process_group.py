@@ -115,6 +115,9 @@ def find_free_port() -> int:
 def init_process_groups(context: DistContext, device: str, port: int | None = None) -> None:
     """Join the world group (``port`` given: a local spawn on 127.0.0.1; else torchrun's env)
     and create the control group."""
+    from ..utils.logger import set_rank
+
+    set_rank(context.rank)  # ranks other than 0 log warnings only
     context.backend = resolve_backend(device)
     if str(device).startswith("cuda"):
         torch.cuda.set_device(context.local_rank)

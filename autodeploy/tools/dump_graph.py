@@ -1,12 +1,13 @@
 """Run the pipeline and write the graph after every transform, plus a summary.
 
     python -m autodeploy.tools.dump_graph --out DIR [--model M] [--yaml-extra a.yaml ...]
-        [--stop-after NAME] [--disable A,B] [--args.X.Y=V ...]
+        [--stop-after NAME] [--disable A,B] [--world-size N [--rank R]] [--args.X.Y=V ...]
 
 Writes into DIR:
   NNN_<transform>.txt   the graph after that transform, as FX code (one per transform that ran)
   config.yaml           the resolved configuration, with the source of every value
-  summary.txt           transform, stage, matches, ms, skipped (+ problems and coverage)
+  summary.txt           transform, stage, matches, ms, skipped (+ problems, coverage and, with
+                        world_size > 1, the sharding plan of that rank)
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from ..transforms.instruments import (
     default_instruments,
     format_summary,
 )
+from ..transforms.interface import SharedConfig
 from ..transforms.optimizer import META_KEY
 from ..utils.errors import AutoDeployError, ConfigError
 from ..utils.logger import logger
 from ..utils.suggest import did_you_mean
 
-FLAGS = ("out", "stop_after", "disable", "help")
+FLAGS = ("out", "stop_after", "disable", "rank", "help")
 
 
 def select_transforms(
@@ -61,6 +63,11 @@ def write_summary(path: Path, gm: Any) -> str:
     coverage = meta.get("coverage")
     if coverage is not None:
         lines += ["", "pattern coverage:", str(coverage)]
+    plan = getattr(gm, "meta", {}).get("sharding_plan")
+    if plan is not None:
+        from ..transforms.library.sharding._report import format_plan
+
+        lines += ["", format_plan(gm, plan)]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -85,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             *[i for i in default_instruments() if not isinstance(i, GraphDumpInstrument)],
             GraphDumpInstrument(out),
         ]
+        # With world_size > 1 the graph of one rank (--rank, default 0) is dumped; its
+        # collectives act as identities in this single process.
+        shared = SharedConfig(
+            local_rank=int(cli.get("rank") or 0), world_size=args.world_size, strict=args.strict
+        )
         optimizer = InferenceOptimizer(
-            create_factory(args), selected, strict=args.strict, instruments=instruments
+            create_factory(args), selected, shared_config=shared, instruments=instruments
         )
         cm = _sequence_interface(args, selected)
         gm = optimizer(cm)

@@ -30,7 +30,8 @@ def sharded_graph(args: LlmArgs, rank: int = 0) -> Any:
     """The graph after the sharding stage for ``rank`` (on meta: no weights are read)."""
     if not 0 <= rank < args.world_size:
         raise ConfigError(
-            f"--rank {rank} is outside world_size={args.world_size} (ranks 0..{args.world_size - 1})."
+            f"--rank {rank} is outside world_size={args.world_size} "
+            f"(ranks 0..{args.world_size - 1})."
         )
     selected = select_transforms(
         args.to_dict()["transforms"], "sharding_transform_executor", disable=[]

@@ -13,7 +13,6 @@ ad = torch.ops.auto_deploy
 
 
 def _rank_main(rank: int, port: int, results) -> None:
-    import autodeploy.custom_ops  # noqa: F401  (a fresh interpreter)
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

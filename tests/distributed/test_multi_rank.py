@@ -113,7 +113,9 @@ def test_rank_that_raises_while_building_is_named(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(here)
     load_plugins()  # the settings must know the transform before they validate
     transforms = {"fail_on_rank_one": {"stage": "sharding"}}
-    with pytest.raises(DistributedError, match="rank 1 failed to build: .*RuntimeError: boom on rank one"):
+    with pytest.raises(
+        DistributedError, match="rank 1 failed to build: .*RuntimeError: boom on rank one"
+    ):
         LLM(str(path), world_size=2, transforms=transforms, **SETTINGS)
     deadline = time.monotonic() + 15
     while worker_pids() and time.monotonic() < deadline:

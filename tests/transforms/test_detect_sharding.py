@@ -95,9 +95,13 @@ def test_manual_plan_errors_suggest_names(llama):
     with pytest.raises(ConfigError, match="unknown strategy 'colwse'.*'colwise'"):
         shard(llama, 2, detect={"manual_config": {"tp_plan": {"*.q_proj": "colwse"}}})
     with pytest.raises(ConfigError, match="matches no linear.*q_proj"):
-        shard(llama, 2, detect={"manual_config": {"tp_plan": {"layers.*.self_attn.q_prj": "colwise"}}})
+        shard(
+            llama, 2, detect={"manual_config": {"tp_plan": {"layers.*.self_attn.q_prj": "colwise"}}}
+        )
     with pytest.raises(ConfigError, match="do not divide over world_size=4"):
-        shard(llama, 4, detect={"manual_config": {"head_dim": 16, "tp_plan": {"*.k_proj": "colwise"}}})
+        shard(
+            llama, 4, detect={"manual_config": {"head_dim": 16, "tp_plan": {"*.k_proj": "colwise"}}}
+        )
 
 
 def test_process_grid_checks(llama):

@@ -39,7 +39,9 @@ def test_llama_local_shapes_and_collectives(dirs):
 def test_weight_bytes_per_rank_are_the_expected_share(dirs):
     full, _ = canonical(dirs["llama"])
     for world in (2, 4):
-        gm, plan = shard(dirs["llama"], world, rank=world - 1, detect={"sharding_source": ["heuristic"]})
+        gm, plan = shard(
+            dirs["llama"], world, rank=world - 1, detect={"sharding_source": ["heuristic"]}
+        )
         split_bytes = sum(
             full.get_parameter(s.weight).numel() * full.get_parameter(s.weight).element_size()
             for s in plan.splits
@@ -47,7 +49,9 @@ def test_weight_bytes_per_rank_are_the_expected_share(dirs):
         replicated_kv = 0
         if world == 4:  # 2 KV heads over 4 ranks: each rank holds one whole KV head (of two)
             kv = [s for s in plan.splits if s.module.endswith(("k_proj", "v_proj"))]
-            replicated_kv = sum(16 * 64 * 4 for _ in kv)  # half of a 32x64 fp32 weight, not a quarter
+            replicated_kv = sum(
+                16 * 64 * 4 for _ in kv
+            )  # half of a 32x64 fp32 weight, not a quarter
             replicated_kv -= sum(32 * 64 * 4 // 4 for _ in kv)
         expected = param_bytes(full) - split_bytes + split_bytes // world + replicated_kv
         assert param_bytes(gm) == expected

@@ -34,16 +34,21 @@ class Segment:
 
     def feature_indices(self, rank: int, offset: int) -> list[int]:
         return [
-            offset + unit * self.unit_size + i for unit in self.kept[rank] for i in range(self.unit_size)
+            offset + unit * self.unit_size + i
+            for unit in self.kept[rank]
+            for i in range(self.unit_size)
         ]
 
     def is_contiguous_even(self) -> bool:
         """Every rank keeps its own equal, contiguous, non-overlapping block (in rank order)."""
         per_rank = self.num_units // len(self.kept)
-        return all(
-            units == list(range(rank * per_rank, (rank + 1) * per_rank))
-            for rank, units in enumerate(self.kept)
-        ) and per_rank * len(self.kept) == self.num_units
+        return (
+            all(
+                units == list(range(rank * per_rank, (rank + 1) * per_rank))
+                for rank, units in enumerate(self.kept)
+            )
+            and per_rank * len(self.kept) == self.num_units
+        )
 
 
 def even_segment(num_units: int, unit_size: int, world_size: int) -> Segment:
