@@ -18,11 +18,13 @@ the workers to stop, waits a bounded time and kills what is left: no orphans.
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -32,7 +34,9 @@ from ..utils.errors import DistributedError
 from ..utils.logger import logger
 from .process_group import (
     DistContext,
+    all_ready,
     check_devices,
+    connect_store,
     destroy_process_groups,
     find_free_port,
     init_process_groups,
@@ -43,6 +47,7 @@ from .process_group import (
 STOP_MESSAGE = ("stop",)
 JOIN_TIMEOUT_S = 10.0
 FAILURE_GRACE_S = 3.0  # how long rank 0 waits for a failing rank to write its error / exit
+READY_TIMEOUT_S = 300.0  # starting a worker: a fresh interpreter importing torch
 
 
 class RankGroup:
@@ -73,10 +78,25 @@ class RankGroup:
         context = DistContext(rank=0, world_size=world_size, local_rank=0)
         group = cls(context, processes)
         try:
-            init_process_groups(context, device, port)
+            connect_store(context, port)
+            group._wait_until_workers_ready()
+            init_process_groups(context, device)
         except Exception as exc:
             raise group.failure(exc) from exc
         return group
+
+    def _wait_until_workers_ready(self) -> None:
+        """Wait for every worker to reach the rendezvous, or for one to fail on the way."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all_ready(self.context):
+            exited = [p for p in self.processes if p.exitcode is not None]
+            if exited or self.context.reported_errors():
+                raise DistributedError("a rank ended before joining the process group")
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"the worker ranks did not start within {READY_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.05)
 
     # ------------------------------------------------------------------ protocol
 
@@ -114,6 +134,8 @@ class RankGroup:
         for rank, process in enumerate(self.processes, start=1):
             if rank not in failed and process.exitcode not in (None, 0):
                 failed[rank] = f"the process exited with {_exit_reason(process.exitcode)}"
+                if process.last_lines:
+                    failed[rank] += f" after printing: {process.last_lines[-1][:300]}"
         self.shutdown(graceful=False)
         if not failed:
             return DistributedError(
@@ -152,10 +174,22 @@ class WorkerProcess:
         self.rank = rank
         command = [sys.executable, "-m", "autodeploy.distributed.worker"]
         command += [str(rank), str(world_size), str(port), str(os.getpid())]
-        self._popen = subprocess.Popen(command, stdin=subprocess.PIPE)
+        self._popen = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self._popen.stdin is not None
         self._popen.stdin.write(payload)
         self._popen.stdin.close()
+        # The worker's stderr is passed through; its last lines name an error it could not
+        # report otherwise (e.g. one raised while importing, before it reached the store).
+        self.last_lines: collections.deque[str] = collections.deque(maxlen=5)
+        threading.Thread(target=self._relay_stderr, daemon=True).start()
+
+    def _relay_stderr(self) -> None:
+        assert self._popen.stderr is not None
+        for raw in self._popen.stderr:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            if line.strip():
+                self.last_lines.append(line.strip())
 
     @property
     def pid(self) -> int:

@@ -35,6 +35,7 @@ class DistContext:
     local_rank: int
     backend: str = "gloo"
     control_group: Any = field(default=None, repr=False)
+    store: Any = field(default=None, repr=False)  # the rendezvous key-value store
 
     @property
     def is_driver(self) -> bool:
@@ -44,16 +45,18 @@ class DistContext:
         """Leave this rank's error where rank 0 looks for it (best effort: the store may be
         gone if rank 0 itself ended)."""
         try:
-            store = dist.distributed_c10d._get_default_store()
-            store.set(_ERROR_KEY.format(self.rank), message)
+            self._store().set(_ERROR_KEY.format(self.rank), message)
         except Exception:  # noqa: BLE001 - reporting must never hide the original error
             pass
+
+    def _store(self) -> Any:
+        return self.store or dist.distributed_c10d._get_default_store()
 
     def reported_errors(self) -> dict[int, str]:
         """rank -> the error it reported (rank 0's view, after a failed step)."""
         found: dict[int, str] = {}
         try:
-            store = dist.distributed_c10d._get_default_store()
+            store = self._store()
         except Exception:  # noqa: BLE001
             return found
         for rank in range(self.world_size):
@@ -112,22 +115,52 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def init_process_groups(context: DistContext, device: str, port: int | None = None) -> None:
-    """Join the world group (``port`` given: a local spawn on 127.0.0.1; else torchrun's env)
-    and create the control group."""
+READY_KEY = "autodeploy/ready/rank{}"
+
+
+def connect_store(context: DistContext, port: int) -> None:
+    """The rendezvous store of a local launch (rank 0 serves it on 127.0.0.1:``port``).
+
+    Joining it first lets a worker that fails before the process groups exist still report
+    its error, and lets rank 0 see which workers are ready before it waits in the rendezvous.
+    """
+    context.store = dist.TCPStore(
+        "127.0.0.1",
+        port,
+        context.world_size,
+        is_master=context.rank == 0,
+        timeout=COLLECTIVE_TIMEOUT,
+        wait_for_workers=False,
+    )
+
+
+def mark_ready(context: DistContext) -> None:
+    context.store.set(READY_KEY.format(context.rank), "1")
+
+
+def all_ready(context: DistContext) -> bool:
+    keys = [READY_KEY.format(rank) for rank in range(1, context.world_size)]
+    return context.store.check(keys)
+
+
+def init_process_groups(context: DistContext, device: str) -> None:
+    """Join the world group (through ``context.store`` when set, else torchrun's env://) and
+    create the control group."""
     from ..utils.logger import set_rank
 
     set_rank(context.rank)  # ranks other than 0 log warnings only
     context.backend = resolve_backend(device)
     if str(device).startswith("cuda"):
         torch.cuda.set_device(context.local_rank)
-    init_method = f"tcp://127.0.0.1:{port}" if port is not None else "env://"
+    rendezvous: dict[str, Any] = (
+        {"store": context.store} if context.store is not None else {"init_method": "env://"}
+    )
     dist.init_process_group(
         backend=context.backend,
-        init_method=init_method,
         rank=context.rank,
         world_size=context.world_size,
         timeout=COLLECTIVE_TIMEOUT,
+        **rendezvous,
     )
     context.control_group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..utils.logger import logger
 from .launch import RankGroup
-from .process_group import DistContext, init_process_groups
+from .process_group import DistContext, connect_store, init_process_groups, mark_ready
 
 
 def serve_steps(group: RankGroup, model: Any, cm: Any) -> int:
@@ -53,9 +53,11 @@ def spawned_worker_main(rank: int, world_size: int, port: int, args: Any) -> Non
     context = DistContext(rank=rank, world_size=world_size, local_rank=rank)
     group = RankGroup(context, [])
     try:
+        connect_store(context, port)
         load_plugins()
         _limit_threads(world_size)
-        init_process_groups(context, args.resolved_device(), port)
+        mark_ready(context)
+        init_process_groups(context, args.resolved_device())
         build_and_serve(group, args)
     except BaseException as exc:  # report anything, then end this rank
         message = f"{type(exc).__name__}: {exc}"

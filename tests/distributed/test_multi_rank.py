@@ -121,3 +121,14 @@ def test_rank_that_raises_while_building_is_named(tmp_path, monkeypatch):
     while worker_pids() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert worker_pids() == []
+
+
+def test_rank_that_fails_before_joining_is_named(tmp_path, monkeypatch):
+    """A worker that cannot even start (a plugin it cannot import) ends the job at once."""
+    path, _ = checkpoint(tmp_path, "llama")
+    monkeypatch.setenv("AUTODEPLOY_PLUGINS", "no_such_plugin_module")
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match="rank 1 failed: .*no_such_plugin_module"):
+        LLM(str(path), world_size=2, **SETTINGS)
+    assert time.monotonic() - start < 120
+    assert worker_pids() == []

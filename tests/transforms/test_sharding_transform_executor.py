@@ -109,3 +109,15 @@ def test_safetensors_read_sliced_by_rows_and_columns(dirs):
         full["model.layers.0.self_attn.o_proj.weight"][:, 32:],
     )
     assert read["model.norm.weight"].shape == (64,)
+
+
+def test_split_lm_head_is_still_found_by_gather_logits(dirs):
+    from autodeploy.transforms.library.post_load_fusion.gather_logits_before_lm_head import (
+        find_lm_head,
+    )
+
+    gm, plan = shard(dirs["llama"], 2)
+    head = find_lm_head(gm)
+    assert head is not None and head.name == next(
+        s.node for s in plan.splits if s.module == "lm_head"
+    )

@@ -31,6 +31,8 @@ _PER_TOKEN_OPS = (
     aten.clone.default,
     aten.contiguous.default,
     aten.alias.default,
+    # A vocabulary-split head gathers its logits over ranks along the last dim (per token).
+    ad.torch_dist_all_gather.default,
 )
 GATHER_ARG = "cu_seqlen"
 
