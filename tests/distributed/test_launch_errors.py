@@ -29,7 +29,8 @@ def test_registry_world_size_error_says_how_to_override(monkeypatch):
 
 
 def test_torchrun_environment_is_detected_and_checked(monkeypatch):
-    env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h"}
+    env["MASTER_PORT"] = "1"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert launched_by_torchrun()
