@@ -78,7 +78,9 @@ def main() -> None:
         torch.manual_seed(0)
         transformers.LlamaForCausalLM(config).save_pretrained(model_dir)
         size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
-        print(f"checkpoint: {options.layers} layers, hidden {options.hidden}, {size / 2**20:.0f} MiB")
+        print(
+            f"checkpoint: {options.layers} layers, hidden {options.hidden}, {size / 2**20:.0f} MiB"
+        )
         print("world  rank  params MiB  load peak MiB")
         for world in (1, 2, 4):
             for rank in range(world):

@@ -63,9 +63,14 @@ def test_factory_plan_that_does_not_fit_falls_to_heuristic(llama):
 
 
 def test_heads_not_divisible_are_reported_unsplit(llama):
-    _, plan = shard(llama, 3, detect={"sharding_source": ["heuristic"]})
+    gm, plan = shard(llama, 3, detect={"sharding_source": ["heuristic"]})
     reason = plan.unsharded[ATTN.format(0, "q_proj")]
     assert "num_attention_heads=4 is not divisible by world_size=3" in reason
+    assert plan.unsharded["model.embed_tokens"].startswith("embedding: replicated")
+    (problem,) = gm.meta["_autodeploy"]["problems"]
+    assert "15 linear layers stay whole on every rank" in problem.message
+    with pytest.raises(BuildError, match="stay whole"):
+        shard(llama, 3, detect={"sharding_source": ["heuristic"]}, strict=True)
 
 
 def test_manual_plan_wins_and_partial_falls_through(llama):

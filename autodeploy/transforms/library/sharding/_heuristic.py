@@ -276,10 +276,24 @@ def detect_simple(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> Non
         claimed.add(info.node.name)
 
 
+REPLICATED_BY_CHOICE = ("weight tied", "embedding:")
+
+
 def report_leftovers(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> None:
-    for info in all_linears(gm):
+    """Every linear no source split gets its reason; embeddings are listed as replicated."""
+    for node in gm.graph.nodes:
+        if op_name(node) == "embedding" and getattr(node.args[0], "op", "") == "get_attr":
+            module = str(node.args[0].target).rpartition(".")[0]
+            plan.unsharded[module] = "embedding: replicated (a lookup reads only a few rows)"
+    linears = all_linears(gm)
+    layer_reasons = dict(plan.unsharded)
+    for info in linears:
         if info.node.name not in claimed and info.module not in plan.unsharded:
             layer = info.module.rpartition(".")[0]
-            plan.unsharded.setdefault(
-                info.module, plan.unsharded.get(layer, "not part of a recognized attention/MLP")
-            )
+            reason = layer_reasons.get(layer, "not part of a recognized attention/MLP")
+            plan.unsharded[info.module] = reason
+    # Keep one entry per linear (and embedding): drop the per-layer entries used above.
+    modules = {info.module for info in linears}
+    for key in list(plan.unsharded):
+        if key not in modules and not plan.unsharded[key].startswith("embedding:"):
+            del plan.unsharded[key]

@@ -20,6 +20,7 @@ from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._graph import all_linears
 from ._heuristic import (
+    REPLICATED_BY_CHOICE,
     detect_attention,
     detect_lm_head,
     detect_mlp,
@@ -66,6 +67,11 @@ class DetectShardingConfig(TransformConfig):
     process_grid: dict[str, int] | None = Field(
         default=None, description="{ep: E, tp: T} mesh for MoE layers (E*T == world_size)."
     )
+    dist_backend: Literal["auto", "torch"] = Field(
+        default="auto",
+        description="Collective ops: torch_dist_* over torch.distributed (NCCL on CUDA, gloo "
+        "on CPU); `auto` is the same here (no vendor collectives are bundled).",
+    )
     manual_config: ManualConfig = Field(
         default_factory=ManualConfig, description="A user plan: {head_dim, tp_plan}."
     )
@@ -111,8 +117,25 @@ class DetectSharding(BaseTransform):
         report_leftovers(gm, plan, claimed)
         for note in plan.notes:
             self.log_note(note)
+        self._report_unsplit(plan, shared_config)
         setattr(shared_config, SHARED_KEY, plan)
         return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+
+    def _report_unsplit(self, plan: ShardingPlan, shared_config: SharedConfig) -> None:
+        """Linears left whole (every rank computes them in full) are a reported fallback."""
+        whole = {
+            module: reason
+            for module, reason in plan.unsharded.items()
+            if not reason.startswith(REPLICATED_BY_CHOICE)
+        }
+        if whole:
+            shown = "; ".join(f"{m}: {r}" for m, r in sorted(whole.items())[:4])
+            more = f" (+{len(whole) - 4} more)" if len(whole) > 4 else ""
+            self.report_problem(
+                shared_config,
+                f"{len(whole)} linear layers stay whole on every rank: {shown}{more}. "
+                "`python -m autodeploy.tools.explain_sharding` lists them all.",
+            )
 
     def log_note(self, note: str) -> None:
         from ....utils.logger import logger
