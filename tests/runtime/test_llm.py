@@ -128,6 +128,9 @@ def test_shutdown_and_context_manager(monkeypatch):
     assert "shut down" in repr(fake)
 
 
-def test_world_size_above_one_is_not_implemented_yet():
-    with pytest.raises(ConfigError, match="world_size=2.*not implemented"):
-        LLM(model="builtin:tiny-llama", world_size=2, device="cpu")
+def test_more_ranks_than_gpus_fails_before_building(monkeypatch):
+    """Several ranks are tested in tests/distributed; here: the device check comes first."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="world_size=2 needs 2 GPUs on this node but 0 were"):
+        LLM(model="builtin:tiny-llama", world_size=2, device="cuda")
