@@ -158,6 +158,16 @@ class LLM:
 
         ``template_kwargs`` go to ``tokenizer.apply_chat_template`` (e.g. ``tools=...``).
         """
+        encoded = self.encode_chat(messages, **template_kwargs)
+        params = self._params_for(encoded, sampling_params)
+        return self._run(encoded, params)
+
+    def encode_chat(
+        self,
+        messages: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]],
+        **template_kwargs: Any,
+    ) -> list[tuple[str | None, list[int]]]:
+        """(prompt text, token ids) of one conversation or each of a list of them."""
         tokenizer = self.tokenizer
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
@@ -183,13 +193,12 @@ class LLM:
                     **template_kwargs,
                 )
             )
-        params = self._params_for(texts, sampling_params)
-        encoded = [
+        encoded: list[tuple[str | None, list[int]]] = [
             (text, tokenizer.encode(text, add_special_tokens=False)) for text in texts
         ]  # the template already holds the special tokens it wants
         for index, (_, ids) in enumerate(encoded):
             self._check_token_ids(ids, index)
-        return self._run(encoded, params)
+        return encoded
 
     def _run(
         self, encoded: list[tuple[str | None, list[int]]], params: list[SamplingParams]
