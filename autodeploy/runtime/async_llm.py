@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .deltas import OutputDelta
+from .driver import EngineDriver
 from .llm import LLM, Prompt
 from .request import RequestOutput
 from .sampling import SamplingParams
@@ -74,6 +75,26 @@ class AsyncLLM:
         """(prompt text, token ids) of one conversation through the tokenizer's chat template."""
         return self.llm.encode_chat(list(messages), **template_kwargs)[0]
 
+    def submit(
+        self,
+        prompt: Prompt | tuple[str | None, list[int]],
+        params: SamplingParams | None = None,
+        *,
+        limit_queue: bool = True,
+    ) -> RequestStream:
+        """Queue a request now (errors raise here, before anything is streamed) and return the
+        async iterator of its deltas. ``prompt``: a string, token ids, or an already encoded
+        ``(text, ids)`` pair."""
+        if isinstance(prompt, tuple) and len(prompt) == 2 and isinstance(prompt[1], list):
+            text, token_ids = prompt
+        else:
+            text, token_ids = self.encode(prompt)
+        stream = RequestStream(self.llm.driver)
+        stream.handle = self.llm.driver.submit(
+            token_ids, params or SamplingParams(), stream.sink, prompt=text, limit_queue=limit_queue
+        )
+        return stream
+
     async def stream(
         self,
         prompt: Prompt | tuple[str | None, list[int]],
@@ -81,34 +102,13 @@ class AsyncLLM:
         *,
         limit_queue: bool = True,
     ) -> AsyncIterator[OutputDelta]:
-        """Yield the request's deltas as the engine makes them (see the module docstring).
-        ``prompt``: a string, token ids, or an already encoded ``(text, ids)`` pair."""
-        if isinstance(prompt, tuple) and len(prompt) == 2 and isinstance(prompt[1], list):
-            text, token_ids = prompt
-        else:
-            text, token_ids = self.encode(prompt)
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[OutputDelta] = asyncio.Queue()
-
-        def sink(delta: OutputDelta) -> None:  # runs on the driver thread
-            try:
-                loop.call_soon_threadsafe(deltas.put_nowait, delta)
-            except RuntimeError:  # the caller's loop is closed: nobody is listening
-                pass
-
-        driver = self.llm.driver
-        handle = driver.submit(
-            token_ids, params or SamplingParams(), sink, prompt=text, limit_queue=limit_queue
-        )
-        finished = False
+        """Yield the request's deltas as the engine makes them (see the module docstring)."""
+        stream = self.submit(prompt, params, limit_queue=limit_queue)
         try:
-            while not finished:
-                delta = await deltas.get()
-                finished = delta.finished
+            async for delta in stream:
                 yield delta
         finally:
-            if not finished:
-                driver.abort(handle)
+            stream.abort()
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams | None = None, *, limit_queue: bool = True
@@ -121,3 +121,40 @@ class AsyncLLM:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+class RequestStream:
+    """The deltas of one submitted request, as an async iterator on the submitting loop.
+
+    ``abort()`` ends the request early (no-op once it finished); breaking out of an ``async
+    for`` over ``AsyncLLM.stream`` does it for you.
+    """
+
+    def __init__(self, driver: EngineDriver):
+        self._driver = driver
+        self._loop = asyncio.get_running_loop()
+        self._deltas: asyncio.Queue[OutputDelta] = asyncio.Queue()
+        self.handle: int | None = None
+        self.finished = False
+
+    def sink(self, delta: OutputDelta) -> None:
+        """Called on the driver thread: hand the delta to the submitting loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._deltas.put_nowait, delta)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> OutputDelta:
+        if self.finished:
+            raise StopAsyncIteration
+        delta = await self._deltas.get()
+        self.finished = delta.finished
+        return delta
+
+    def abort(self) -> None:
+        if not self.finished and self.handle is not None:
+            self.finished = True
+            self._driver.abort(self.handle)
