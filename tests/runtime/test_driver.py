@@ -34,17 +34,17 @@ def _tokens(outputs):
 
 def test_two_threads_generate_together_ten_times(llm):
     expected = [_tokens(llm.generate(prompts, GREEDY)) for prompts in THREAD_PROMPTS]
+
+    def work(index: int, results: list, errors: list) -> None:
+        try:
+            results[index] = _tokens(llm.generate(THREAD_PROMPTS[index], GREEDY))
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
     for _ in range(10):
         results: list = [None, None]
         errors: list = []
-
-        def work(index: int) -> None:
-            try:
-                results[index] = _tokens(llm.generate(THREAD_PROMPTS[index], GREEDY))
-            except Exception as exc:  # noqa: BLE001  (reported below)
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=work, args=(i, results, errors)) for i in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -74,7 +74,7 @@ def test_repetition_penalty_matches_hf(models):
     hf, llm = models
     outputs = llm.generate(PROMPTS, greedy(repetition_penalty=1.8))
     plain = llm.generate(PROMPTS, greedy())
-    for prompt, output, unpenalized in zip(PROMPTS, outputs, plain):
+    for prompt, output in zip(PROMPTS, outputs):
         assert output.outputs[0].token_ids == hf_generate(hf, prompt, repetition_penalty=1.8)
     assert [o.outputs[0].token_ids for o in outputs] != [o.outputs[0].token_ids for o in plain]
 
