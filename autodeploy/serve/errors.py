@@ -96,6 +96,14 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(503, str(exc), error_type="server_error", code="engine_dead")
     if isinstance(exc, ConfigError):
         match = _SAMPLING_FIELD.search(str(exc))
-        param = match.group(1) if match else ("prompt" if "prompt" in str(exc) else None)
+        param = match.group(1) if match else _leading_field(str(exc))
         return APIError(400, str(exc), param=param)
     return APIError(500, f"{type(exc).__name__}: {exc}", error_type="server_error")
+
+
+def _leading_field(message: str) -> str | None:
+    """The request field an error message starts with ("prompt 0: ...", "messages: ...")."""
+    for name in ("messages", "prompt"):
+        if message.startswith(name) or f" {name} " in message[:40]:
+            return name
+    return None
