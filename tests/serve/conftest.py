@@ -75,7 +75,7 @@ def serve_llm(llm: LLM) -> RunningServer:
     return RunningServer(url, llm, app, server, thread)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served() -> Iterator[RunningServer]:
     llm = LLM(model="builtin:tiny-llama", max_waiting_requests=64, **SETTINGS)
     running = serve_llm(llm)
