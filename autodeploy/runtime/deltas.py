@@ -53,8 +53,9 @@ class DeltaTracker:
         stops = params.stop_strings
         self._holdback = max(len(s) for s in stops) - 1 if stops else 0
 
-    def next_delta(self) -> OutputDelta | None:
-        """The delta since the last call; None when the request gained nothing."""
+    def next_delta(self, output: RequestOutput | None = None) -> OutputDelta | None:
+        """The delta since the last call; None when the request gained nothing. ``output``:
+        the finished request's output if the engine already made it."""
         request = self.request
         num_tokens = request.num_output_tokens
         if num_tokens == self.sent_tokens and not request.finished:
@@ -64,7 +65,8 @@ class DeltaTracker:
         if request.logprobs is not None:
             logprobs = request.logprobs[self.sent_tokens : num_tokens]
         self.sent_tokens = num_tokens
-        output = request.to_output(self.tokenizer) if request.finished else None
+        if output is None and request.finished:
+            output = request.to_output(self.tokenizer)
         if output is not None:
             final_text = output.outputs[0].text
             text = final_text[len(self.sent_text) :]

@@ -45,6 +45,7 @@ class _Submission:
     params: SamplingParams
     prompt: str | None
     sink: Sink
+    final_only: bool  # only the last delta is wanted: no per-step text work
 
 
 class EngineDriver:
@@ -55,12 +56,14 @@ class EngineDriver:
         self.max_waiting_requests = max_waiting_requests
         self.fatal_error: str | None = None
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._handles = itertools.count()
+        self._next_handle = itertools.count()
         self._lock = threading.Lock()
         self._num_inbox = 0  # submissions not yet handed to the engine
         self._trackers: dict[int, DeltaTracker] = {}  # handle -> tracker (driver thread only)
         self._sinks: dict[int, Sink] = {}  # handle -> where its deltas go (driver thread)
         self._engine_ids: dict[int, int] = {}  # handle -> engine request id (driver thread)
+        self._handles: dict[int, int] = {}  # engine request id -> handle (driver thread)
+        self._streaming: dict[int, None] = {}  # handles that want every delta, in order
         self._failed_steps = 0
         self._thread = threading.Thread(target=self._loop, name="autodeploy-engine", daemon=True)
         self._thread.start()
@@ -84,8 +87,10 @@ class EngineDriver:
         *,
         prompt: str | None = None,
         limit_queue: bool = False,
+        final_only: bool = False,
     ) -> int:
-        """Queue a request; returns its handle (for ``abort`` and in its deltas)."""
+        """Queue a request; returns its handle (for ``abort`` and in its deltas). ``final_only``:
+        ``sink`` gets only the last delta (cheaper: no text is made per step)."""
         if not self.alive:
             raise EngineDeadError(
                 f"The engine stopped after a fatal error ({self.fatal_error or 'driver ended'}); "
@@ -100,9 +105,9 @@ class EngineDriver:
                     f"{self.num_waiting} requests are waiting (max_waiting_requests={limit}); "
                     "retry later."
                 )
-            handle = next(self._handles)
+            handle = next(self._next_handle)
             self._num_inbox += 1
-        self._inbox.put(_Submission(handle, ids, params, prompt, sink))
+        self._inbox.put(_Submission(handle, ids, params, prompt, sink, final_only))
         return handle
 
     def abort(self, handle: int) -> None:
@@ -120,7 +125,7 @@ class EngineDriver:
         try:
             for index, ((text, ids), sp) in enumerate(zip(encoded, params)):
                 try:
-                    handle = self.submit(ids, sp, _final_only(done.put), prompt=text)
+                    handle = self.submit(ids, sp, done.put, prompt=text, final_only=True)
                 except CapacityError as exc:
                     logger.warning("prompt %d rejected: %s", index, exc)
                     results[index] = self.engine.make_rejected(ids, sp, exc, prompt=text)
@@ -151,12 +156,13 @@ class EngineDriver:
             if not engine.has_unfinished():
                 continue
             try:
-                engine.step()
+                finished = engine.step()
             except Exception as exc:  # noqa: BLE001  (one bad step must not kill the server)
                 self._on_step_error(exc)
                 continue
             self._failed_steps = 0
-            self._dispatch()
+            handles = self._handles
+            self._dispatch(list(self._streaming), {handles[o.request_id]: o for o in finished})
         self._end_all(FINISH_MESSAGE_SHUTDOWN)
 
     def _take_commands(self, block: bool) -> bool:
@@ -195,6 +201,9 @@ class EngineDriver:
         )
         self._sinks[submission.handle] = submission.sink
         self._engine_ids[submission.handle] = request.request_id
+        self._handles[request.request_id] = submission.handle
+        if not submission.final_only:
+            self._streaming[submission.handle] = None
 
     def _abort(self, handle: int) -> None:
         request_id = self._engine_ids.get(handle)
@@ -202,17 +211,23 @@ class EngineDriver:
             self.engine.abort_request(request_id)
             self._dispatch([handle])
 
-    def _dispatch(self, handles: Sequence[int] | None = None) -> None:
-        for handle in list(self._trackers) if handles is None else handles:
+    def _dispatch(
+        self, handles: Sequence[int], finished: dict[int, RequestOutput] | None = None
+    ) -> None:
+        """Deliver the deltas of ``handles`` (streaming ones) and of ``finished`` requests."""
+        finished = finished or {}
+        for handle in [*handles, *(h for h in finished if h not in self._streaming)]:
             tracker = self._trackers.get(handle)
             if tracker is None:
                 continue
-            delta = tracker.next_delta()
+            delta = tracker.next_delta(finished.get(handle))
             if delta is None:
                 continue
             sink = self._sinks[handle]
             if delta.finished:
-                del self._trackers[handle], self._engine_ids[handle], self._sinks[handle]
+                request_id = self._engine_ids.pop(handle)
+                del self._trackers[handle], self._sinks[handle], self._handles[request_id]
+                self._streaming.pop(handle, None)
             _deliver(sink, delta)
 
     def _on_step_error(self, exc: Exception) -> None:
@@ -254,14 +269,6 @@ def _is_fatal(exc: Exception) -> bool:
     """Errors after which the device state cannot be trusted."""
     text = str(exc)
     return isinstance(exc, MemoryError) or "CUDA error" in text or "out of memory" in text
-
-
-def _final_only(put: Callable[[OutputDelta], None]) -> Sink:
-    def sink(delta: OutputDelta) -> None:
-        if delta.finished:
-            put(delta)
-
-    return sink
 
 
 def _deliver(sink: Sink, delta: OutputDelta) -> None:
