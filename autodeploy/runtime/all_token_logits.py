@@ -21,12 +21,17 @@ from .. import custom_ops  # noqa: F401  (registers torch_gather_last_tokens)
 _GATHER = torch.ops.auto_deploy.torch_gather_last_tokens.default
 
 
-def find_graph_module(model: Any) -> GraphModule | None:
-    """The optimized GraphModule inside a compiled model (the model itself, a CUDA-graph
-    runner's ``.model``, or a ``torch.compile`` wrapper's ``_orig_mod``)."""
-    for candidate in (model, getattr(model, "model", None), getattr(model, "_orig_mod", None)):
-        if isinstance(candidate, GraphModule):
-            return candidate
+def find_graph_module(model: Any, depth: int = 3) -> GraphModule | None:
+    """The optimized GraphModule inside a compiled model: the model itself, or inside a
+    CUDA-graph runner (``.model``) and/or a ``torch.compile`` wrapper (``._orig_mod``)."""
+    if isinstance(model, GraphModule):
+        return model
+    if depth == 0 or model is None:
+        return None
+    for attribute in ("model", "_orig_mod"):
+        found = find_graph_module(getattr(model, attribute, None), depth - 1)
+        if found is not None:
+            return found
     return None
 
 

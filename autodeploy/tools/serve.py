@@ -89,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             parsed["args"]["trust_remote_code"] = True
         args = LlmArgs.from_cli(parsed["args"])
         name = parsed.get("served_model_name")
-        run_uvicorn(make_local_app(args, None if name is None else str(name)), host, port)
+        app = make_local_app(args, None if name is None else str(name))
+        try:
+            run_uvicorn(app, host, port)
+        finally:
+            for backend in app.state.backends.values():
+                backend.shutdown()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
