@@ -149,6 +149,15 @@ class EngineDriver:
     # ------------------------------------------------------------------ driver thread
 
     def _loop(self) -> None:
+        try:
+            self._run_steps()
+        except BaseException as exc:  # a bug in the driver itself: nobody may wait forever
+            logger.exception("the engine driver stopped")
+            self.fatal_error = f"the engine driver stopped: {type(exc).__name__}: {exc}"
+            self._end_all(self.fatal_error)
+            raise
+
+    def _run_steps(self) -> None:
         engine = self.engine
         while True:
             if not self._take_commands(block=not engine.has_unfinished()):
@@ -161,8 +170,9 @@ class EngineDriver:
                 self._on_step_error(exc)
                 continue
             self._failed_steps = 0
-            handles = self._handles
-            self._dispatch(list(self._streaming), {handles[o.request_id]: o for o in finished})
+            by_engine_id = self._handles
+            done = {by_engine_id[o.request_id]: o for o in finished if o.request_id in by_engine_id}
+            self._dispatch(list(self._streaming), done)
         self._end_all(FINISH_MESSAGE_SHUTDOWN)
 
     def _take_commands(self, block: bool) -> bool:
