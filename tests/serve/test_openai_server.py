@@ -7,7 +7,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import MODEL_ID, RunningServer, serve_llm, wait_until
+from serve_helpers import MODEL_ID, RunningServer, serve_llm, wait_until
 
 from autodeploy import LLM, SamplingParams
 
@@ -297,7 +297,7 @@ class _FailingModel:
 
 
 def test_engine_errors_fail_their_request_and_fatal_ones_fail_health():
-    from conftest import SETTINGS
+    from serve_helpers import SETTINGS
 
     llm = LLM(model="builtin:tiny-llama", **SETTINGS)
     running = serve_llm(llm)

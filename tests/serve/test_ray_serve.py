@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 import yaml
-from conftest import free_port
+from serve_helpers import free_port
 
 from autodeploy.serve.ray_app import read_model_files
 from autodeploy.tools import serve as serve_tool
