@@ -34,7 +34,9 @@ from .request import RequestOutput
 from .sampling import SamplingParams
 
 Sink = Callable[[OutputDelta], None]
-MAX_FAILED_STEPS = 3
+# Failed steps in a row (no step succeeding in between) after which the engine counts as broken:
+# a few bad requests in a row must not take the server down.
+MAX_FAILED_STEPS = 8
 _STOP = object()
 
 
