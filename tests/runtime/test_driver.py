@@ -141,6 +141,10 @@ def test_a_failing_step_fails_only_its_requests_then_fatal_errors_stop_the_engin
         assert bad.outputs[0].finish_reason == "error" and "bad kernel" in bad.error
         # A failed step fails the requests that ran in it, nothing else.
         assert same_step.outputs[0].finish_reason == "error"
+        for _ in range(3):  # a few bad requests in a row do not make the engine "broken"
+            (bad_again,) = llm.generate([[250]], GREEDY)
+            assert bad_again.outputs[0].finish_reason == "error"
+        assert llm.driver.alive and llm.driver.fatal_error is None
         (again,) = llm.generate([[5, 6]], GREEDY)  # the engine goes on
         assert again.outputs[0].finish_reason == "length"
         assert engine.kv_cache_usage == 0.0
