@@ -22,8 +22,9 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..utils.errors import CapacityError, ConfigError, EngineDeadError, QueueFullError
@@ -48,6 +49,7 @@ class _Submission:
     prompt: str | None
     sink: Sink
     final_only: bool  # only the last delta is wanted: no per-step text work
+    submitted_at: float = field(default_factory=time.perf_counter)
 
 
 class EngineDriver:
@@ -202,6 +204,7 @@ class EngineDriver:
             request = engine.add_request(
                 submission.prompt_token_ids, submission.params, prompt=submission.prompt
             )
+            request.arrival_time = submission.submitted_at  # latency metrics include the inbox
         except (CapacityError, ConfigError, EngineDeadError) as exc:
             output = engine.make_rejected(
                 submission.prompt_token_ids, submission.params, exc, submission.prompt
