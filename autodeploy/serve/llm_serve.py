@@ -59,6 +59,7 @@ import yaml
 from ..utils.errors import ConfigError
 from ..utils.logger import logger
 from ..utils.suggest import did_you_mean
+from .llm_serve_sections import deployment_options, generation_section
 from .prompt_format import PromptFormat
 
 _UNSUPPORTED = {
@@ -86,37 +87,6 @@ _NOTED = {  # accepted, with a note: they describe a model or tune a different b
     "waiting_served_ratio",
     "pg_timeout_s",
 }
-_GENERATE_KWARGS = {  # llm-serve / HF name -> SamplingParams field
-    "max_new_tokens": "max_tokens",
-    "max_tokens": "max_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "min_new_tokens": "min_tokens",
-    "seed": "seed",
-    "ignore_eos": "ignore_eos",
-    "do_sample": None,  # handled: false -> temperature 0
-    "return_token_type_ids": None,  # a tokenizer call option of the old pipelines: no effect
-}
-_AUTOSCALING_RENAMES = {"target_num_ongoing_requests_per_replica": "target_ongoing_requests"}
-_AUTOSCALING_KEYS = {
-    "min_replicas",
-    "initial_replicas",
-    "max_replicas",
-    "target_ongoing_requests",
-    "metrics_interval_s",
-    "look_back_period_s",
-    "smoothing_factor",
-    "upscale_smoothing_factor",
-    "downscale_smoothing_factor",
-    "upscaling_factor",
-    "downscaling_factor",
-    "downscale_delay_s",
-    "upscale_delay_s",
-}
 
 
 @dataclass
@@ -138,7 +108,7 @@ class ModelFile:
         return self.model_id.replace("/", "--").replace(".", "_")
 
 
-class _Reader:
+class ModelFileReader:
     """Walks one file, remembering where each value came from for error messages."""
 
     def __init__(self, path: str, trust_remote_code: bool):
@@ -178,7 +148,7 @@ def load_model_file(path: str | Path, *, trust_remote_code: bool = False) -> Mod
 
 
 def parse_model_file(data: Any, path: str, *, trust_remote_code: bool = False) -> ModelFile:
-    reader = _Reader(path, trust_remote_code)
+    reader = ModelFileReader(path, trust_remote_code)
     top = reader.section(
         data,
         "",
@@ -202,11 +172,13 @@ def parse_model_file(data: Any, path: str, *, trust_remote_code: bool = False) -
     else:
         spec = _engine_config(reader, top["engine_config"])
     spec.enabled = bool(top.get("enabled", True))
-    spec.deployment_options = _deployment(reader, top.get("deployment_config"), scaling, spec)
+    spec.deployment_options = deployment_options(
+        reader, top.get("deployment_config"), scaling, spec
+    )
     return spec
 
 
-def _model_config(reader: _Reader, value: Any, scaling: dict[str, Any]) -> ModelFile:
+def _model_config(reader: ModelFileReader, value: Any, scaling: dict[str, Any]) -> ModelFile:
     config = reader.section(
         value,
         "model_config",
@@ -232,12 +204,12 @@ def _model_config(reader: _Reader, value: Any, scaling: dict[str, Any]) -> Model
             f"{pipeline!r} is not supported; use transformers (the autodeploy runtime serves it)",
         )
     _initializer(reader, init.get("initializer"), scaling, spec)
-    _generation(reader, config.get("generation"), "model_config.generation", spec)
+    generation_section(reader, config.get("generation"), "model_config.generation", spec)
     _our_settings(reader, config.get("autodeploy"), "model_config.autodeploy", spec)
     return spec
 
 
-def _engine_config(reader: _Reader, value: Any) -> ModelFile:
+def _engine_config(reader: ModelFileReader, value: Any) -> ModelFile:
     config = reader.section(
         value,
         "engine_config",
@@ -278,19 +250,21 @@ def _engine_config(reader: _Reader, value: Any) -> ModelFile:
             spec.settings.setdefault("kv_cache_config", {})["free_gpu_memory_fraction"] = value
         else:
             _trust(reader, value, "engine_config.engine_kwargs.trust_remote_code", spec)
-    _generation(reader, config.get("generation"), "engine_config.generation", spec)
+    generation_section(reader, config.get("generation"), "engine_config.generation", spec)
     _our_settings(reader, config.get("autodeploy"), "engine_config.autodeploy", spec)
     return spec
 
 
-def _model_id(reader: _Reader, config: dict[str, Any], where: str) -> str:
+def _model_id(reader: ModelFileReader, config: dict[str, Any], where: str) -> str:
     model_id = config.get("model_id")
     if not isinstance(model_id, str) or not model_id:
         raise reader.error(f"{where}.model_id", "is required (the name clients ask for)")
     return model_id
 
 
-def _initializer(reader: _Reader, value: Any, scaling: dict[str, Any], spec: ModelFile) -> None:
+def _initializer(
+    reader: ModelFileReader, value: Any, scaling: dict[str, Any], spec: ModelFile
+) -> None:
     where = "model_config.initialization.initializer"
     init = reader.section(
         value, where, {"dtype", "torch_compile", "from_pretrained_kwargs", "type"} | {"type"}
@@ -336,13 +310,13 @@ def _initializer(reader: _Reader, value: Any, scaling: dict[str, Any], spec: Mod
         _trust(reader, kwargs["trust_remote_code"], f"{where}.from_pretrained_kwargs", spec)
 
 
-def _dtype(reader: _Reader, value: Any, where: str) -> str:
+def _dtype(reader: ModelFileReader, value: Any, where: str) -> str:
     if value in ("float16", "bfloat16", "float32", "auto"):
         return str(value)
     raise reader.error(where, f"{value!r} is not supported; use float16, bfloat16 or float32")
 
 
-def _trust(reader: _Reader, value: Any, where: str, spec: ModelFile) -> None:
+def _trust(reader: ModelFileReader, value: Any, where: str, spec: ModelFile) -> None:
     if value is True and not reader.trust_remote_code:
         raise reader.error(
             f"{where}.trust_remote_code",
@@ -352,79 +326,7 @@ def _trust(reader: _Reader, value: Any, where: str, spec: ModelFile) -> None:
     spec.settings["trust_remote_code"] = bool(value)
 
 
-def _generation(reader: _Reader, value: Any, where: str, spec: ModelFile) -> None:
-    generation = reader.section(
-        value,
-        where,
-        {
-            "prompt_format",
-            "generate_kwargs",
-            "stopping_sequences",
-            "max_batch_size",
-            "max_total_tokens",
-            "max_batch_prefill_tokens",
-            "max_batch_total_tokens",
-        },
-    )
-    renames = {
-        "max_batch_size": ("max_batch_size",),
-        "max_total_tokens": ("max_seq_len",),
-        "max_batch_prefill_tokens": ("max_num_tokens",),
-        "max_batch_total_tokens": ("kv_cache_config", "max_tokens"),
-    }
-    for key, target in renames.items():
-        if key in generation:
-            place = spec.settings
-            for part in target[:-1]:
-                place = place.setdefault(part, {})
-            place[target[-1]] = generation[key]
-    if generation.get("prompt_format") is not None:
-        spec.prompt_format = PromptFormat.parse(
-            generation["prompt_format"], f"{where}.prompt_format"
-        )
-    kwargs = reader.section(
-        generation.get("generate_kwargs"), f"{where}.generate_kwargs", set(_GENERATE_KWARGS)
-    )
-    for key, value in kwargs.items():
-        target = _GENERATE_KWARGS[key]
-        if target is not None:
-            spec.sampling_defaults[target] = value
-    if kwargs.get("do_sample") is False:
-        spec.sampling_defaults["temperature"] = 0.0
-    if spec.sampling_defaults.get("top_k") == 0:
-        spec.sampling_defaults["top_k"] = None
-    _stops(reader, generation.get("stopping_sequences"), f"{where}.stopping_sequences", spec)
-
-
-def _stops(reader: _Reader, value: Any, where: str, spec: ModelFile) -> None:
-    strings: list[str] = []
-    token_ids: list[int] = []
-    for index, item in enumerate(value or []):
-        if isinstance(item, str) and item.strip().isdigit():
-            token_ids.append(int(item))
-        elif isinstance(item, str) and item:
-            strings.append(item)
-        elif isinstance(item, int) and not isinstance(item, bool):
-            token_ids.append(item)
-        elif isinstance(item, list) and item:
-            ids = [int(x) if isinstance(x, str) and x.isdigit() else x for x in item]
-            if not all(isinstance(x, int) for x in ids):
-                raise reader.error(f"{where}[{index}]", "must list token ids (ints)")
-            if len(ids) == 1:
-                token_ids.append(ids[0])
-            else:
-                spec.stop_token_sequences.append(ids)
-        else:
-            raise reader.error(
-                f"{where}[{index}]", f"{item!r}: give a string, a token id or a list of ids"
-            )
-    if strings:
-        spec.sampling_defaults["stop"] = strings
-    if token_ids:
-        spec.sampling_defaults["stop_token_ids"] = token_ids
-
-
-def _our_settings(reader: _Reader, value: Any, where: str, spec: ModelFile) -> None:
+def _our_settings(reader: ModelFileReader, value: Any, where: str, spec: ModelFile) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
@@ -432,47 +334,3 @@ def _our_settings(reader: _Reader, value: Any, where: str, spec: ModelFile) -> N
     if value.get("trust_remote_code") is True:
         _trust(reader, True, where, spec)
     spec.settings.update(value)
-
-
-def _deployment(
-    reader: _Reader, value: Any, scaling: dict[str, Any], spec: ModelFile
-) -> dict[str, Any]:
-    config = reader.section(
-        value,
-        "deployment_config",
-        {"autoscaling_config", "max_concurrent_queries", "ray_actor_options"},
-    )
-    options: dict[str, Any] = {"name": spec.deployment_name}
-    if "autoscaling_config" in config:
-        autoscaling = {
-            _AUTOSCALING_RENAMES.get(k, k): v
-            for k, v in (config["autoscaling_config"] or {}).items()
-        }
-        unknown = sorted(set(autoscaling) - _AUTOSCALING_KEYS)
-        if unknown:
-            raise reader.error(
-                "deployment_config.autoscaling_config",
-                f"has unknown keys {unknown}{did_you_mean(unknown[0], _AUTOSCALING_KEYS)}",
-            )
-        options["autoscaling_config"] = autoscaling
-    if "max_concurrent_queries" in config:
-        options["max_ongoing_requests"] = int(config["max_concurrent_queries"])
-    actor = dict(config.get("ray_actor_options") or {})
-    world_size = int(spec.settings.get("world_size", 1))
-    cpus = float(scaling.get("num_cpus_per_worker", 1)) * int(scaling.get("num_workers", 1))
-    gpus_per_worker = float(scaling.get("num_gpus_per_worker", 1))  # llm-serve's default
-    gpus = max(
-        gpus_per_worker * int(scaling.get("num_workers", 1)), float(world_size > 1) * world_size
-    )
-    resources = dict(scaling.get("resources_per_worker") or {})
-    actor.setdefault("num_cpus", cpus)
-    if gpus:
-        actor.setdefault("num_gpus", gpus)
-    if resources:
-        actor.setdefault("resources", {}).update(resources)
-    options["ray_actor_options"] = actor
-    if world_size > 1:  # all ranks of a replica on one node, with world_size GPUs
-        bundle = {"CPU": actor["num_cpus"], "GPU": float(world_size), **resources}
-        options["placement_group_bundles"] = [bundle]
-        options["placement_group_strategy"] = scaling.get("placement_strategy", "STRICT_PACK")
-    return options
