@@ -1,5 +1,6 @@
-"""Rank 0's model runner: sends each step's batch description to every rank, then runs the
-forward like the single-process runner. Any failure on the way becomes a ``DistributedError``
+"""Rank 0's model runner: sends each step's batch description (and whether it runs the
+all-token-logits variant of the model) to every rank, then runs the forward like the
+single-process runner. Any failure on the way becomes a ``DistributedError``
 naming the failed rank, and every worker is stopped."""
 
 from __future__ import annotations
@@ -26,23 +27,21 @@ class DistributedModelRunner(LocalModelRunner):
         slot_idx: Sequence[int],
     ) -> None:
         self._check_alive()
-        message = (
+        self._message = (
             "step",
             [list(ids) for ids in input_ids],
             list(input_pos),
             [list(pages) for pages in cache_loc],
             list(slot_idx),
         )
-        try:
-            self.group.broadcast(message)
-        except Exception as exc:
-            raise self._fail(exc) from exc
         super().prepare(input_ids, input_pos, cache_loc, slot_idx)
 
-    def forward(self) -> Any:
+    def forward(self, model: Any = None, all_token_logits: bool = False) -> Any:
+        """Send the step (and which model variant runs it) to every rank, then run it here."""
         self._check_alive()
         try:
-            return super().forward()
+            self.group.broadcast((*self._message, all_token_logits))
+            return super().forward(model, all_token_logits)
         except Exception as exc:
             raise self._fail(exc) from exc
 

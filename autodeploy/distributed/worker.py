@@ -1,9 +1,10 @@
 """The ranks other than 0: build the same model, then serve rank 0's steps until it stops.
 
 Each step message is the plain batch description ``("step", input_ids, input_pos, cache_loc,
-slot_idx)``; the worker lays it out with ``nest_sequences`` and runs the forward (its logits are
-not used: only rank 0 samples). An exception is written to the rendezvous store (rank 0 names
-it in its error) and ends the process.
+slot_idx, all_token_logits)``, the last saying whether the step runs the model variant without
+the logit gather. The worker lays the batch out with ``nest_sequences`` and runs the forward
+(its logits are not used: only rank 0 samples). An exception is written to the rendezvous
+store (rank 0 names it in its error) and ends the process.
 """
 
 from __future__ import annotations
@@ -20,15 +21,20 @@ from .process_group import DistContext, connect_store, init_process_groups, mark
 
 def serve_steps(group: RankGroup, model: Any, cm: Any) -> int:
     """Run every step rank 0 broadcasts until it sends stop; return the number of steps."""
+    from ..runtime.all_token_logits import without_logit_gather
+
     steps = 0
+    all_token_model = None  # made on first use, like rank 0's engine does
     while True:
         message = group.broadcast(None)
         if message[0] == "stop":
             return steps
-        _, input_ids, input_pos, cache_loc, slot_idx = message
+        _, input_ids, input_pos, cache_loc, slot_idx, all_token_logits = message
         cm.info.nest_sequences(input_ids, input_pos, cache_loc, slot_idx=slot_idx)
+        if all_token_logits and all_token_model is None:
+            all_token_model = without_logit_gather(model)
         with torch.inference_mode():
-            model(**cm.named_args)
+            (all_token_model if all_token_logits else model)(**cm.named_args)
         steps += 1
 
 

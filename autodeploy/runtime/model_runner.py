@@ -26,8 +26,12 @@ class LocalModelRunner:
     ) -> None:
         self.cm.info.nest_sequences(input_ids, input_pos, cache_loc, slot_idx=slot_idx)
 
-    def forward(self) -> Any:
-        return self.model(**self.cm.named_args)
+    def forward(
+        self, model: Callable[..., Any] | None = None, all_token_logits: bool = False
+    ) -> Any:
+        """Run ``model`` (default: the built one) on the laid-out step. ``all_token_logits``:
+        ``model`` is the variant without the logit gather (see ``all_token_logits.py``)."""
+        return (model or self.model)(**self.cm.named_args)
 
     def shutdown(self) -> None:
         """Nothing to stop in one process."""
