@@ -43,7 +43,7 @@ def build_and_serve(group: RankGroup, args: Any) -> None:
     from ..runtime.builder import build_from_args
 
     try:
-        build = build_from_args(args, rank=group.context.rank)
+        build = build_from_args(args, rank=group.context.rank, local_rank=group.context.local_rank)
     except Exception as exc:
         group.agree_after_build(error=exc)
         raise

@@ -76,7 +76,7 @@ def make_sequence_interface(args: LlmArgs, device: str) -> Any:
     )
 
 
-def build_from_args(args: LlmArgs, rank: int = 0) -> BuildResult:
+def build_from_args(args: LlmArgs, rank: int = 0, local_rank: int | None = None) -> BuildResult:
     """Run the whole build for ``args`` (see the module docstring) as ``rank`` of
     ``args.world_size`` ranks (the sharding transforms keep this rank's part of the model)."""
     from ..transforms import InferenceOptimizer
@@ -88,7 +88,13 @@ def build_from_args(args: LlmArgs, rank: int = 0) -> BuildResult:
     factory = create_factory(args)
     cm = make_sequence_interface(args, device)
     logger.info("building %s on %s (%d transforms)", args.model, device, len(args.transforms))
-    shared = SharedConfig(local_rank=rank, world_size=args.world_size, strict=args.strict)
+    # ``rank`` is the global rank (what sharding keeps); the device index is the local rank.
+    shared = SharedConfig(
+        local_rank=local_rank if local_rank is not None else rank,
+        rank=rank,
+        world_size=args.world_size,
+        strict=args.strict,
+    )
     optimizer = InferenceOptimizer(
         factory,
         args.transforms,

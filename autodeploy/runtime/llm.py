@@ -107,7 +107,7 @@ class LLM:
             self._ranks.shutdown(graceful=False)
             raise SystemExit(0)
         try:
-            build = build_from_args(args, rank=0)
+            build = build_from_args(args, rank=0, local_rank=self._ranks.context.local_rank)
         except Exception as exc:
             self._ranks.agree_after_build(error=exc)
             raise

@@ -17,6 +17,7 @@ from tiny_models import save_tiny
 
 from autodeploy import LLM, SamplingParams
 from autodeploy.plugins import load_plugins
+from autodeploy.runtime.all_token_logits import find_graph_module
 from autodeploy.utils.errors import DistributedError, EngineDeadError
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42]]
@@ -68,10 +69,33 @@ def tokens(llm: LLM) -> list[list[int]]:
     return [out.outputs[0].token_ids for out in llm.generate(PROMPTS, GREEDY)]
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "phi3", "gpt_neox"])
+QWEN3_PLAN = {
+    "head_dim": 16,
+    "tp_plan": {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+        "lm_head": "gather",
+    },
+}
+# Each architecture also exercises one way of planning (llama: the default sources, below).
+PLANS = {
+    "qwen3": {"manual_config": QWEN3_PLAN, "sharding_source": ["manual"]},
+    "gemma2": {"simple_shard_only": True},  # sliding window + soft-caps; every linear gathered
+    "phi3": {},  # fused qkv / gate_up: the HF plan's values are not ours, the heuristic splits
+    "gpt_neox": {"sharding_source": ["heuristic"]},  # interleaved heads, biases
+}
+
+
+@pytest.mark.parametrize("arch", list(PLANS))
 def test_two_ranks_match_hugging_face(tmp_path, arch):
     path, expected = checkpoint(tmp_path, arch)
-    with LLM(str(path), world_size=2, **SETTINGS) as llm:
+    transforms = {"detect_sharding": {"stage": "sharding", **PLANS[arch]}}
+    with LLM(str(path), world_size=2, transforms=transforms, **SETTINGS) as llm:
         assert len(worker_pids()) == 1
         assert tokens(llm) == expected
     assert worker_pids() == []  # leaving the with block stopped the worker
@@ -82,9 +106,8 @@ def test_four_ranks_replicate_kv_heads_and_match(tmp_path):
     path, expected = checkpoint(tmp_path, "llama")
     with LLM(str(path), world_size=4, **SETTINGS) as llm:
         assert tokens(llm) == expected
-        plan = llm.model.meta["sharding_plan"] if hasattr(llm.model, "meta") else None
-        if plan is not None:
-            assert any("replicated" in note for note in plan.notes)
+        plan = find_graph_module(llm.model).meta["sharding_plan"]
+        assert any("2 KV heads replicated over 4 ranks" in note for note in plan.notes)
     assert worker_pids() == []
 
 

@@ -263,17 +263,21 @@ def _reaches(node: Node, output: Node) -> bool:
 
 def detect_simple(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> None:
     """``simple_shard_only``: every linear column-split with an all-gather of its output."""
+    tied = tied_names(gm)
     for info in all_linears(gm):
         if info.node.name in claimed:
             continue
-        if info.out_features % plan.world_size:
+        if len(tied.get(info.weight, [])) > 1:
+            others = [n for n in tied[info.weight] if n != info.weight]
+            plan.unsharded[info.module] = f"weight tied with {others[0]}; replicated"
+        elif info.out_features % plan.world_size:
             plan.unsharded[info.module] = (
                 f"{info.out_features} outputs not divisible by world_size={plan.world_size}"
             )
-            continue
-        segment = even_segment(info.out_features, 1, plan.world_size)
-        plan.splits.append(_split(info, "gather", [segment]))
-        claimed.add(info.node.name)
+        else:
+            segment = even_segment(info.out_features, 1, plan.world_size)
+            plan.splits.append(_split(info, "gather", [segment]))
+            claimed.add(info.node.name)
 
 
 REPLICATED_BY_CHOICE = ("weight tied", "embedding:")

@@ -107,7 +107,9 @@ class DetectSharding(BaseTransform):
             return gm, unchanged
         cfg = self.config
         self._check_grid(world, shared_config)
-        plan = ShardingPlan(world_size=world, rank=shared_config.local_rank)
+        # The global rank: torchrun across nodes gives local ranks that repeat per node.
+        rank = int(getattr(shared_config, "rank", shared_config.local_rank))
+        plan = ShardingPlan(world_size=world, rank=rank)
         claimed: set[str] = set()
         for source in cfg.sharding_source:
             if source == "heuristic":
