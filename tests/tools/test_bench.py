@@ -148,7 +148,7 @@ def test_parse_systems_defaults_per_device():
     assert [s.name for s in parse_systems("ours,hf-eager", "cuda")] == [
         "ours:triton+torch-cudagraph", "hf-eager"
     ]  # fmt: skip
-    assert parse_systems("ours", "cpu")[0] == SystemSpec("ours", "torch", "torch-simple")
+    assert parse_systems("ours", "cpu")[0] == SystemSpec("ours", "sdpa", "torch-direct")
     assert parse_systems(" ours:flashinfer+torch-opt ,", "cuda")[0].name == (
         "ours:flashinfer+torch-opt"
     )

@@ -26,20 +26,20 @@ AUTO = "auto"
 
 
 def resolve_attention_backend(name: str, device: Any) -> str:
-    """The backend ``auto`` stands for on ``device``: Triton kernels on CUDA, the reference
-    elsewhere (on CPU Triton would only run in its slow interpreter)."""
+    """The backend ``auto`` stands for on ``device``: Triton kernels on CUDA, the batched torch
+    backend elsewhere (on CPU Triton would only run in its slow interpreter)."""
     if name != AUTO:
         return name
     on_cuda = torch.device(device).type == "cuda"
-    return "triton" if on_cuda and AttentionRegistry.has("triton") else "torch"
+    return "triton" if on_cuda and AttentionRegistry.has("triton") else "sdpa"
 
 
 class InsertCachedAttentionConfig(TransformConfig):
     backend: str = Field(
         default="auto",
         description="Attention backend (a registered AttentionDescriptor: 'torch' is the "
-        "reference, 'triton', 'flashinfer'; the `attn_backend` shortcut sets this). 'auto': "
-        "triton on CUDA, torch elsewhere.",
+        "reference, 'sdpa' (batched torch), 'triton', 'flashinfer'; the `attn_backend` shortcut "
+        "sets this). 'auto': triton on CUDA, sdpa elsewhere.",
     )
     requires_shape_prop: bool = Field(
         default=True,

@@ -28,8 +28,8 @@ class CompileModelConfig(TransformConfig):
     backend: str = Field(
         default="auto",
         description="Compile backend (registered name; the `compile_backend` shortcut sets it): "
-        "torch-simple, torch-compile, torch-cudagraph, torch-opt. 'auto': torch-cudagraph on "
-        "CUDA, torch-simple elsewhere.",
+        "torch-simple, torch-direct, torch-compile, torch-cudagraph, torch-opt. 'auto': "
+        "torch-cudagraph on CUDA, torch-direct on CPU.",
     )
     cuda_graph_batch_sizes: list[int] | None = Field(
         default=None,
@@ -107,8 +107,8 @@ class CompileModel(BaseTransform):
 
 
 def _resolve_backend(name: str, cm) -> str:
-    """What ``auto`` stands for: CUDA graphs on a GPU, the eager module elsewhere."""
+    """What ``auto`` stands for: CUDA graphs on a GPU, the direct-call eager module on CPU."""
     if name != AUTO:
         return name
     on_cuda = cm is not None and torch.device(cm.device).type == "cuda"
-    return "torch-cudagraph" if on_cuda else "torch-simple"
+    return "torch-cudagraph" if on_cuda else "torch-direct"
