@@ -44,7 +44,7 @@ from .op_backend import OpBackend
 class CallingConvention:
     """How every backend's cached op of one family is called (see the module docstring)."""
 
-    source_op: str  # the canonical op replaced, e.g. "torch_attention"
+    source_op: str  # the canonical op replaced: "torch_attention" or "namespace::name"
     inputs: tuple[str, ...]
     metadata: tuple[str, ...]
     caches: tuple[str, ...]
@@ -53,6 +53,11 @@ class CallingConvention:
 
     def arg_names(self, prepared: tuple[str, ...] = ()) -> tuple[str, ...]:
         return self.inputs + self.metadata + prepared + self.caches + self.constants
+
+    def source(self) -> Any:
+        """The source op (None while it is not registered)."""
+        namespace, _, name = self.source_op.rpartition("::")
+        return getattr(getattr(torch.ops, namespace or "auto_deploy"), name, None)
 
     @property
     def host_args(self) -> tuple[str, ...]:
@@ -115,7 +120,7 @@ class CachedOpDescriptor(OpBackend):
 
     @classmethod
     def get_source_op(cls) -> Any:
-        return getattr(torch.ops.auto_deploy, cls.convention().source_op)
+        return cls.convention().source()
 
     @classmethod
     def get_cached_op(cls) -> Any:
