@@ -72,7 +72,8 @@ def op_schema(op: Any) -> torch.FunctionSchema:
 
 
 def register_convention_fake(op: Any, convention: CallingConvention) -> Callable[..., Any]:
-    """Give ``op`` (a ``torch.library.custom_op``) the family's fake: an empty tensor like the
+    """Give ``op`` (a ``torch.library.custom_op``, or an op defined from a schema) the family's
+    fake: an empty tensor like the
     ``output_like`` input. Backends never write their own fake (it could drift)."""
     position = convention.inputs.index(convention.output_like)
 
@@ -81,7 +82,10 @@ def register_convention_fake(op: Any, convention: CallingConvention) -> Callable
         return torch.empty_like(like)
 
     fake.__name__ = f"{convention.source_op}_cached_fake"
-    op.register_fake(fake)
+    if hasattr(op, "register_fake"):  # a torch.library.custom_op
+        op.register_fake(fake)
+    else:  # an op defined from a schema string (torch.library.define)
+        torch.library.register_fake(_op_name(op))(fake)
     _FAKE_CONVENTIONS[_op_name(op)] = convention
     return fake
 

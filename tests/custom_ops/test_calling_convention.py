@@ -64,48 +64,22 @@ def test_fake_output_is_like_the_declared_input(family, name):
 # ---------------------------------------------------------------- drift is caught
 
 
-@torch.library.custom_op("autodeploy_convention_test::swapped", mutates_args=("kv_cache",))
-def _swapped(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlen: torch.Tensor,  # swapped with batch_info_host
-    batch_info_host: torch.Tensor,
-    input_pos: torch.Tensor,
-    cache_loc: torch.Tensor,
-    cu_num_pages: torch.Tensor,
-    kv_cache: torch.Tensor,
-    scale: float | None,
-    sliding_window: int | None,
-    logit_cap: float | None,
-    sinks: torch.Tensor | None,
-) -> torch.Tensor:
-    return torch.empty_like(q)
+# The attention convention's schema with two metadata names to fill in.
+SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor {0}, Tensor {1}, Tensor input_pos, Tensor cache_loc, "
+    "Tensor cu_num_pages, Tensor(a!) kv_cache, float? scale, SymInt? sliding_window, "
+    "float? logit_cap, Tensor? sinks) -> Tensor"
+)
+torch.library.define(
+    "autodeploy_convention_test::swapped", SCHEMA.format("cu_seqlen", "batch_info_host")
+)
+register_convention_fake(torch.ops.autodeploy_convention_test.swapped, ATTENTION_CONVENTION)
+torch.library.define(
+    "autodeploy_convention_test::own_fake", SCHEMA.format("batch_info_host", "cu_seqlen")
+)
 
 
-register_convention_fake(_swapped, ATTENTION_CONVENTION)
-
-
-@torch.library.custom_op("autodeploy_convention_test::own_fake", mutates_args=("kv_cache",))
-def _own_fake(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    batch_info_host: torch.Tensor,
-    cu_seqlen: torch.Tensor,
-    input_pos: torch.Tensor,
-    cache_loc: torch.Tensor,
-    cu_num_pages: torch.Tensor,
-    kv_cache: torch.Tensor,
-    scale: float | None,
-    sliding_window: int | None,
-    logit_cap: float | None,
-    sinks: torch.Tensor | None,
-) -> torch.Tensor:
-    return torch.empty_like(q)
-
-
-@_own_fake.register_fake
+@torch.library.register_fake("autodeploy_convention_test::own_fake")
 def _own_fake_fake(q, *args):
     return torch.empty_like(q)
 
