@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .descriptor import AttentionDescriptor, AttentionRegistry
+from ..cached_op import register_convention_fake
+from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegistry
 
 
 @dataclass
@@ -224,30 +225,17 @@ def sdpa_cached_attention(
     return out.view(q.shape)
 
 
-@sdpa_cached_attention.register_fake
-def _sdpa_cached_attention_fake(
-    q,
-    k,
-    v,
-    batch_info_host,
-    cu_seqlen,
-    input_pos,
-    cache_loc,
-    cu_num_pages,
-    kv_cache,
-    scale=None,
-    sliding_window=None,
-    logit_cap=None,
-    sinks=None,
-):
-    return torch.empty_like(q)
+register_convention_fake(sdpa_cached_attention, ATTENTION_CONVENTION)
 
 
 @AttentionRegistry.register("sdpa")
 class SdpaCachedAttention(AttentionDescriptor):
     """Batched backend: every torch_attention feature (GQA, sliding window, logit cap, sinks),
-    any mix of prefill and decode, any device; no per-sequence loop (the CPU default)."""
+    any mix of prefill and decode, any device; no per-sequence loop. ``auto``'s choice on CPU
+    (on CUDA, Triton and FlashInfer are faster)."""
+
+    auto_priority = {"cpu": 5}
 
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.auto_deploy.sdpa_cached_attention
