@@ -130,7 +130,7 @@ def test_failing_system_gives_an_error_record_and_the_run_goes_on(tmp_path, caps
         (["--systems", "ours:torch+torch-cudagraf"], "Did you mean 'torch-cudagraph'"),
         (["--systems", "hf-eagr"], "Did you mean 'hf-eager'"),
         (["--systems", "hf-static-compile"], "needs CUDA"),
-        (["--systems", "ours,ours:torch+torch-simple"], "listed twice"),
+        (["--systems", "ours,ours:sdpa+torch-direct"], "listed twice"),
         (["--osl", "1"], "--osl >= 2"),
         (["--batch-sizes", "1,x"], "comma list of integers"),
         (["--batch-sizes", "0"], "every value >= 1"),

@@ -34,7 +34,9 @@ class _GroupPlan:
 
     rows: Tensor  # [B, max_q]: packed token row of each padded query (pads repeat the last row)
     page_table: Tensor  # [B, max_pages]: the pages holding positions 0.. (pads repeat the last)
-    visible: Tensor  # [B, 1, max_q, max_pages * page_size]: causal (offset by input_pos), window
+    num_keys: int  # key positions 0 .. num_keys-1 are attended to (the longest context)
+    # [B, 1, max_q, num_keys]: causal (offset by input_pos) and window; None: every key visible
+    visible: Tensor | None
     valid: Tensor  # [B, max_q]: real (not padded) query rows
 
 
@@ -65,6 +67,8 @@ def _make_plan(
     page0 = cu_num_pages[:num_seqs].long()
     seq_lens = cu_seqlen[1:] - cu_seqlen[:-1]
     num_tokens = int(cu_seqlen[-1])
+    if num_prefill == 0 and num_tokens == num_seqs:
+        return _decode_plan(input_pos, cache_loc, page0, page_size, sliding_window)
 
     # The page and row each new token's k/v is written to.
     seq_of_token = torch.repeat_interleave(
@@ -83,7 +87,7 @@ def _make_plan(
         num_pages = (kv_lens + page_size - 1) // page_size
         q_index = torch.arange(int(q_lens.max()), device=device)[None, :]
         page_index = torch.arange(int(num_pages.max()), device=device)[None, :]
-        kv_index = torch.arange(page_index.shape[1] * page_size, device=device)[None, None, :]
+        kv_index = torch.arange(int(kv_lens.max()), device=device)[None, None, :]
         i = torch.minimum(q_index, (q_lens - 1)[:, None])  # padded query rows repeat the last
         q_pos = (pos0[:, None] + i)[:, :, None]  # [B, max_q, 1]
         visible = kv_index <= q_pos  # [B, max_q, max_kv]: also hides unwritten rows
@@ -94,12 +98,44 @@ def _make_plan(
             _GroupPlan(
                 rows=cu_seqlen[:-1][seqs][:, None] + i,
                 page_table=cache_loc[page_slot].long(),
+                num_keys=kv_index.shape[-1],
                 visible=visible[:, None],
                 valid=q_index < q_lens[:, None],
             )
         )
     in_order = num_prefill == 0 and num_tokens == num_seqs
     return _StepPlan(write_pages, position % page_size, groups, in_order)
+
+
+def _decode_plan(
+    position: Tensor,  # [B]: the one new token of each sequence
+    cache_loc: Tensor,
+    page0: Tensor,  # [B]: index of each sequence's first page in cache_loc
+    page_size: int,
+    sliding_window: int | None,
+) -> _StepPlan:
+    """``_make_plan`` for a decode-only batch (the common step), with fewer ops."""
+    device = position.device
+    page_of_token = position // page_size
+    write_pages = cache_loc[page0 + page_of_token].long()
+    page_index = torch.arange(int(page_of_token.max()) + 1, device=device)[None, :]
+    page_table = cache_loc[page0[:, None] + torch.minimum(page_index, page_of_token[:, None])]
+    num_keys = int(position.max()) + 1
+    kv_index = torch.arange(num_keys, device=device)[None, :]
+    visible: Tensor | None = kv_index <= position[:, None]  # [B, num_keys]
+    if sliding_window is not None:
+        visible &= kv_index > position[:, None] - sliding_window
+    elif bool(visible.all()):  # equal contexts: no mask (SDPA's unmasked path is faster)
+        visible = None
+    rows = torch.arange(position.numel(), device=device)[:, None]
+    group = _GroupPlan(
+        rows=rows,
+        page_table=page_table.long(),
+        num_keys=num_keys,
+        visible=None if visible is None else visible[:, None, None],
+        valid=torch.ones_like(rows, dtype=torch.bool),
+    )
+    return _StepPlan(write_pages, position % page_size, [group], in_order=True)
 
 
 class _PlanCache:
@@ -127,21 +163,21 @@ class _PlanCache:
 _plan_cache = _PlanCache()
 
 
-def _gather_pages(kv_cache: Tensor, page_table: Tensor) -> tuple[Tensor, Tensor]:
+def _gather_pages(kv_cache: Tensor, page_table: Tensor, num_keys: int) -> tuple[Tensor, Tensor]:
     """Whole pages of each sequence, copied page by page: keys and values as
-    [B, n_kv, max_pages * page_size, d] (positions past a sequence's end are masked later)."""
+    [B, n_kv, num_keys, d] (positions past a sequence's end are masked)."""
     batch, max_pages = page_table.shape
     _, _, num_kv_heads, page_size, head_dim = kv_cache.shape
     pages = kv_cache[page_table]  # [B, max_pages, 2, n_kv, page_size, d]
     kv = pages.permute(2, 0, 3, 1, 4, 5).reshape(2, batch, num_kv_heads, -1, head_dim)
-    return kv[0], kv[1]
+    return kv[0, :, :, :num_keys], kv[1, :, :, :num_keys]
 
 
 def _attend(
     q_h: Tensor,  # [B, n, max_q, d]
     k_h: Tensor,  # [B, n_kv, max_kv, d]
     v_h: Tensor,
-    visible: Tensor,  # [B, 1, max_q, max_kv]
+    visible: Tensor | None,  # [B, 1, max_q, max_kv]; None: no mask
     scale: float,
     logit_cap: float | None,
     sinks: Tensor | None,  # [n]
@@ -158,7 +194,8 @@ def _attend(
     scores = torch.matmul(q_h.float(), keys.transpose(-1, -2)) * scale  # [B, n, max_q, max_kv]
     if logit_cap is not None:
         scores = logit_cap * torch.tanh(scores / logit_cap)
-    scores = scores.masked_fill(~visible, float("-inf"))
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
     if sinks is not None:  # one extra logit per head, dropped after the softmax
         sink = sinks.float().reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
         probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
@@ -207,7 +244,7 @@ def sdpa_cached_attention(
     if plan.in_order:  # decode-only: one query per sequence, already in packed order
         group = plan.groups[0]
         q_h = q_tokens[:num_tokens, :, None]  # [B, n, 1, d]
-        k_h, v_h = _gather_pages(kv_cache, group.page_table)
+        k_h, v_h = _gather_pages(kv_cache, group.page_table, group.num_keys)
         result = _attend(q_h, k_h, v_h, group.visible, scale, logit_cap, sinks).to(q.dtype)
         if num_tokens == q_tokens.shape[0]:
             return result.view(q.shape)
@@ -219,7 +256,7 @@ def sdpa_cached_attention(
     for group in plan.groups:
         # [B, heads, tokens, d]: padded queries, keys/values gathered from the pages
         q_h = q_tokens[group.rows].transpose(1, 2)
-        k_h, v_h = _gather_pages(kv_cache, group.page_table)
+        k_h, v_h = _gather_pages(kv_cache, group.page_table, group.num_keys)
         result = _attend(q_h, k_h, v_h, group.visible, scale, logit_cap, sinks)
         out[group.rows[group.valid]] = result.transpose(1, 2)[group.valid].to(out.dtype)
     return out.view(q.shape)
