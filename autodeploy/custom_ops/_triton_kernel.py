@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..utils.numbers import next_power_of_2  # noqa: F401  (re-exported for the kernels)
+
 # The combine function behind ``tl.sum``: the interpreter recognizes it and sums with NumPy
 # (a combine function of our own would be called once per element). Private in triton, hence
 # the fallback to an equivalent one.
@@ -72,7 +74,3 @@ class TritonKernel:
 
             self._interpreted = InterpretedFunction(self.fn)
         return self._interpreted[grid]
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
