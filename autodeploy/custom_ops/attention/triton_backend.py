@@ -10,14 +10,13 @@ launch configurations, what is rejected): ``triton_launch.py``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import Tensor
 
 from ..cached_op import register_convention_fake
+from ..triton_availability import triton_unavailable
 from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegistry
-from .triton_launch import TRITON_ATTENTION_LIMITS, cpu_interpreter_problem, triton_paged_attention
+from .triton_launch import TRITON_ATTENTION_LIMITS, triton_paged_attention
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,10 +77,4 @@ class TritonCachedAttention(AttentionDescriptor):
 
     @classmethod
     def unavailable(cls, device: torch.device | None) -> str | None:
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install 'autodeploy[triton]')"
-        if device is None or device.type == "cuda":
-            return None
-        if device.type == "cpu":
-            return cpu_interpreter_problem()
-        return f"Triton kernels run on CUDA (or on CPU in the interpreter), not on {device.type}"
+        return triton_unavailable(device)
