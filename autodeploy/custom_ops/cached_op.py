@@ -36,6 +36,7 @@ import torch
 from torch.fx import Node
 
 from ..shim.resources import ResourceHandler
+from ..utils.errors import ConfigError
 from ..utils.node_args import bound_args, node_val
 from .backend_resolver import UnsupportedOpError
 from .op_backend import OpBackend
@@ -61,7 +62,10 @@ class CallingConvention:
     def schema(self, prepared: tuple[str, ...] = ()) -> str:
         """The op schema every backend's cached op has (caches are mutated in place)."""
         if len(self.constant_types) != len(self.constants):
-            raise ValueError(f"{self.source_op}: give one constant type per constant")
+            raise ConfigError(
+                f"CallingConvention of {self.source_op}: constant_types must give one schema "
+                f"type per constant {self.constants} to define ops from the convention."
+            )
         tensors = [f"Tensor {n}" for n in self.inputs + self.metadata + prepared]
         caches = [f"Tensor(a{i}!) {n}" for i, n in enumerate(self.caches)]
         constants = [
@@ -89,8 +93,8 @@ def op_schema(op: Any) -> torch.FunctionSchema:
 
 def register_convention_fake(op: Any, convention: CallingConvention) -> Callable[..., Any]:
     """Give ``op`` (a ``torch.library.custom_op``, or an op defined from a schema) the family's
-    fake: an empty tensor like the
-    ``output_like`` input. Backends never write their own fake (it could drift)."""
+    fake: an empty tensor like the ``output_like`` input. Backends never write their own fake
+    (it could drift)."""
     position = convention.inputs.index(convention.output_like)
 
     def fake(*args: Any, **kwargs: Any) -> torch.Tensor:
