@@ -14,7 +14,8 @@ match the eager model's rounding, not just its math.
 
 Supported: float16 / bfloat16 / float32 inputs, hidden size up to ``TRITON_MAX_HIDDEN``
 (``backends.py``), any number of rows, any leading shape (rows are made contiguous in the last
-dim if they are not). CUDA tensors run compiled; CPU tensors only in the Triton interpreter (``TRITON_INTERPRET=1``, tests).
+dim if they are not). CUDA tensors run compiled; CPU tensors only in the Triton interpreter
+(``TRITON_INTERPRET=1``, tests).
 """
 
 from __future__ import annotations
