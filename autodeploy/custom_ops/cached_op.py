@@ -16,7 +16,8 @@ once for every backend, how the cached op is called:
 - ``constants``: per-node values taken from the source op (scale, window, ...).
 
 The output has the shape and dtype of the input named ``output_like``, which is all a fake
-needs: ``register_convention_fake(op, convention)`` gives every backend's op that fake, and
+needs: ``register_convention_fake(op, convention)`` gives every backend's op that fake
+(``define_cached_op`` also takes the op's schema from the convention), and
 ``convention_problems(descriptor)`` checks a backend's op schema and fake against the convention
 (``tests/custom_ops/test_calling_convention.py`` runs it for every registered backend).
 
@@ -35,6 +36,7 @@ import torch
 from torch.fx import Node
 
 from ..shim.resources import ResourceHandler
+from ..utils.errors import ConfigError
 from ..utils.node_args import bound_args, node_val
 from .backend_resolver import UnsupportedOpError
 from .op_backend import OpBackend
@@ -50,9 +52,27 @@ class CallingConvention:
     caches: tuple[str, ...]
     constants: tuple[str, ...]
     output_like: str  # the input whose shape and dtype the output has
+    # Schema types of the constants ("float?", "SymInt?", "Tensor?", "float"); "?" ones
+    # default to None. Needed only to define ops from the convention (``define_cached_op``).
+    constant_types: tuple[str, ...] = ()
 
     def arg_names(self, prepared: tuple[str, ...] = ()) -> tuple[str, ...]:
         return self.inputs + self.metadata + prepared + self.caches + self.constants
+
+    def schema(self, prepared: tuple[str, ...] = ()) -> str:
+        """The op schema every backend's cached op has (caches are mutated in place)."""
+        if len(self.constant_types) != len(self.constants):
+            raise ConfigError(
+                f"CallingConvention of {self.source_op}: constant_types must give one schema "
+                f"type per constant {self.constants} to define ops from the convention."
+            )
+        tensors = [f"Tensor {n}" for n in self.inputs + self.metadata + prepared]
+        caches = [f"Tensor(a{i}!) {n}" for i, n in enumerate(self.caches)]
+        constants = [
+            f"{t} {n}" + ("=None" if t.endswith("?") else "")
+            for t, n in zip(self.constant_types, self.constants)
+        ]
+        return "(" + ", ".join(tensors + caches + constants) + ") -> Tensor"
 
     def source(self) -> Any:
         """The source op (None while it is not registered)."""
@@ -73,8 +93,8 @@ def op_schema(op: Any) -> torch.FunctionSchema:
 
 def register_convention_fake(op: Any, convention: CallingConvention) -> Callable[..., Any]:
     """Give ``op`` (a ``torch.library.custom_op``, or an op defined from a schema) the family's
-    fake: an empty tensor like the
-    ``output_like`` input. Backends never write their own fake (it could drift)."""
+    fake: an empty tensor like the ``output_like`` input. Backends never write their own fake
+    (it could drift)."""
     position = convention.inputs.index(convention.output_like)
 
     def fake(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -88,6 +108,21 @@ def register_convention_fake(op: Any, convention: CallingConvention) -> Callable
         torch.library.register_fake(_op_name(op))(fake)
     _FAKE_CONVENTIONS[_op_name(op)] = convention
     return fake
+
+
+def define_cached_op(
+    qualname: str,
+    impl: Callable[..., torch.Tensor],
+    convention: CallingConvention,
+    prepared: tuple[str, ...] = (),
+) -> Any:
+    """Define the custom op ``qualname`` ("namespace::name") with the convention's schema and
+    fake; ``impl`` is called with the arguments in the convention's order."""
+    op = torch.library.custom_op(
+        qualname, impl, mutates_args=convention.caches, schema=convention.schema(prepared)
+    )
+    register_convention_fake(op, convention)
+    return op
 
 
 # op name -> the convention its fake was made from (``register_convention_fake``)
