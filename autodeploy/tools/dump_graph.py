@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LlmArgs, cli_help_text, format_resolved_config, parse_cli
+from ..custom_ops.backend_resolver import format_backend_table, recorded_choices
 from ..models import create_factory
 from ..transforms import InferenceOptimizer, Stages
 from ..transforms.instruments import (
@@ -63,6 +64,9 @@ def write_summary(path: Path, gm: Any) -> str:
     coverage = meta.get("coverage")
     if coverage is not None:
         lines += ["", "pattern coverage:", str(coverage)]
+    choices = recorded_choices(gm)
+    if choices:
+        lines += ["", "backends per op family:", format_backend_table(choices)]
     plan = getattr(gm, "meta", {}).get("sharding_plan")
     if plan is not None:
         from ..transforms.library.sharding._report import format_plan
