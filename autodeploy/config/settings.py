@@ -76,6 +76,12 @@ class KvCacheConfig(BaseModel):
     dtype: KvDtypeName = Field(
         default="auto", description="Cache element type; 'auto' uses the model's dtype."
     )
+    mamba_ssm_cache_dtype: KvDtypeName = Field(
+        default="float32",
+        description="Element type of the Mamba SSM state cache ([slots, heads, head_dim, "
+        "state]); 'auto' uses the model's dtype. float32 keeps the recurrence exact over long "
+        "sequences.",
+    )
 
 
 register_registry_layers()  # the registry layers sit between default.yaml and yaml_extra

@@ -79,6 +79,19 @@ class InsertCachedAttention(BaseTransform):
     def get_config_class(cls) -> type[TransformConfig]:
         return InsertCachedAttentionConfig
 
+    @classmethod
+    def lookup_backend(cls, name: str, device: Any) -> type[AttentionDescriptor]:
+        """The descriptor of backend ``name`` (``auto`` resolved for ``device``); subclasses
+        for other op families (SSM, causal conv) look in their own registry."""
+        return AttentionRegistry.get(resolve_attention_backend(name, device))
+
+    @classmethod
+    def missing_is_expected(cls, gm: GraphModule) -> bool:
+        """True when finding no source op is normal: a model without attention layers runs on
+        state caches (pure Mamba)."""
+        ad = torch.ops.auto_deploy
+        return bool(find_nodes(gm, ad.torch_ssm) or find_nodes(gm, ad.torch_cached_ssm))
+
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         if cm is None:
             raise ConfigError(
@@ -87,8 +100,10 @@ class InsertCachedAttention(BaseTransform):
             )
         if not isinstance(gm, GraphModule):
             raise ConfigError("insert_cached_attention needs an exported GraphModule.")
-        backend = AttentionRegistry.get(resolve_attention_backend(self.config.backend, cm.device))
+        backend = self.lookup_backend(self.config.backend, cm.device)
         nodes = find_nodes(gm, backend.get_source_attention_op())
+        if not nodes and self.missing_is_expected(gm):
+            return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         if not nodes:
             self.report_problem(
                 shared_config,
