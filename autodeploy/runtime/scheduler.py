@@ -6,10 +6,10 @@ Every step takes, in this order, until the step's token budget (``max_num_tokens
 2. running requests whose prompt is not fully in the cache yet (chunked-prefill continuations),
    oldest first, as many prompt tokens as the budget allows;
 3. new requests, first come first served, while fewer than ``max_batch_size`` requests run, a
-   state slot is free (``slot_manager.py``) and the KV block manager can reserve the request's whole maximum length (prompt + max new
-   tokens). If the oldest waiting request does not fit, nobody behind it is admitted
-   (no starvation of large requests). A new request whose prompt is longer than the budget left
-   starts with a chunk of it.
+   state slot is free (``slot_manager.py``) and the KV block manager can reserve the request's
+   whole maximum length (prompt + max new tokens). If the oldest waiting request does not fit,
+   nobody behind it is admitted (no starvation of large requests). A new request whose prompt
+   is longer than the budget left starts with a chunk of it.
 
 The batch lists prefill sequences first, then decode sequences (the packed-batch contract).
 Nothing is ever preempted: the reservation made at admission covers the whole request (see
