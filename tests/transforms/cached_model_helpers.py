@@ -104,6 +104,7 @@ class CachedRunner:
         self.tokens: dict[int, list[int]] = {}
         self.pages: dict[int, list[int]] = {}
         self.free = list(range(1, cm.num_pages))
+        self.slots: dict[int, int] = {}  # sequence -> its state slot (stable across steps)
 
     def step(self, schedule: list[tuple[int, list[int]]]) -> dict[int, torch.Tensor]:
         """``schedule``: [(sequence id, new tokens)], prefill first. Returns the logits of the new
@@ -118,7 +119,8 @@ class CachedRunner:
             ids.append(list(new))
             pos.append(len(history))
             pages.append(list(seq_pages))
-        self.cm.info.nest_sequences(ids, pos, pages)
+        slots = [self.slots.setdefault(seq, len(self.slots)) for seq, _ in schedule]
+        self.cm.info.nest_sequences(ids, pos, pages, slot_idx=slots)
         with torch.inference_mode():
             logits = self.gm(**self.cm.named_args)
         flat = logits.reshape(-1, logits.shape[-1])

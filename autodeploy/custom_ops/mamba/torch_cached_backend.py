@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cached_op import register_convention_fake
+from .descriptor import CAUSAL_CONV, SSM
 from .ssm_math import chunked_scan, discretize_dt, recurrent_step, skip
 from .torch_backend import apply_conv_activation
 
@@ -78,14 +80,6 @@ def torch_cached_ssm(
     return (y + skip(x, D)).to(hidden_states.dtype).view(hidden_states.shape)
 
 
-@torch_cached_ssm.register_fake
-def _torch_cached_ssm_fake(
-    hidden_states, A, B, C, D, dt, dt_bias, batch_info_host, cu_seqlen, input_pos, slot_idx,
-    ssm_state, time_step_limit, chunk_size,
-):  # fmt: skip
-    return torch.empty_like(hidden_states)
-
-
 @torch.library.custom_op("auto_deploy::torch_cached_causal_conv1d", mutates_args=("conv_state",))
 def torch_cached_causal_conv1d(
     x: Tensor,  # [b, s, channels]; b * s = total tokens
@@ -133,8 +127,5 @@ def torch_cached_causal_conv1d(
     return out.view(x.shape)
 
 
-@torch_cached_causal_conv1d.register_fake
-def _torch_cached_causal_conv1d_fake(
-    x, weight, bias, batch_info_host, cu_seqlen, input_pos, slot_idx, conv_state, activation=None
-):
-    return torch.empty_like(x)
+register_convention_fake(torch_cached_ssm, SSM.convention)
+register_convention_fake(torch_cached_causal_conv1d, CAUSAL_CONV.convention)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, field_validator
-from torch.fx import GraphModule
 
-from ....custom_ops.mamba.descriptor import CausalConvRegistry
-from ...interface import TransformConfig
+from ....custom_ops.mamba.descriptor import CAUSAL_CONV
+from ....custom_ops.op_backend import check_backend_name
+from ...base import BaseTransform
+from ...interface import SharedConfig, TransformConfig
 from ...registry import TransformRegistry
-from .insert_cached_attention import AUTO, InsertCachedAttention
-from .insert_cached_ssm_attention import check_backend_name, resolve_state_backend
+from .insert_cached_ssm_attention import insert_state_family
 
 
 class InsertCachedCausalConvConfig(TransformConfig):
     backend: str = Field(
-        default=AUTO,
-        description="Causal conv backend: 'torch' (reference), 'triton'; 'auto': triton on "
-        "CUDA, torch elsewhere.",
+        default="auto",
+        description="Backend of the 'causal_conv' op family: 'torch' (reference), 'triton'. "
+        "'auto': per node, the highest-priority backend for the device that supports it.",
     )
     requires_shape_prop: bool = Field(
         default=True, description="Run shape propagation first: the state shape is read from it."
@@ -27,13 +25,13 @@ class InsertCachedCausalConvConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        return check_backend_name(CausalConvRegistry, value)
+        return check_backend_name(CAUSAL_CONV.name, value)
 
 
 @TransformRegistry.register("insert_cached_causal_conv")
-class InsertCachedCausalConv(InsertCachedAttention):
-    """Replace every ``torch_causal_conv1d`` by the backend's cached conv op; register one conv
-    state per mixer layer.
+class InsertCachedCausalConv(BaseTransform):
+    """Replace every ``torch_causal_conv1d`` by the backend's cached conv op; one conv state per
+    layer.
 
     before: ``y = torch_causal_conv1d(x, weight, bias, activation)``
     after:  ``y = torch_cached_causal_conv1d(x, weight, bias, batch_info_host, cu_seqlen,
@@ -47,10 +45,5 @@ class InsertCachedCausalConv(InsertCachedAttention):
     def get_config_class(cls) -> type[TransformConfig]:
         return InsertCachedCausalConvConfig
 
-    @classmethod
-    def lookup_backend(cls, name: str, device: Any) -> Any:
-        return CausalConvRegistry.get(resolve_state_backend(CausalConvRegistry, name, device))
-
-    @classmethod
-    def missing_is_expected(cls, gm: GraphModule) -> bool:
-        return True  # most models have no causal conv
+    def _apply(self, gm, cm, factory, shared_config: SharedConfig):
+        return insert_state_family(gm, cm, CAUSAL_CONV.name, self.config.backend, self.name)

@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, field_validator
 from torch.fx import GraphModule
 
-from ....custom_ops.mamba.descriptor import SSMRegistry
-from ....utils.suggest import did_you_mean
-from ...interface import TransformConfig
+from ....custom_ops.mamba.descriptor import SSM
+from ....custom_ops.op_backend import check_backend_name
+from ....utils.errors import ConfigError
+from ...base import BaseTransform
+from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
-from .insert_cached_attention import AUTO, InsertCachedAttention
-
-
-def resolve_state_backend(registry: Any, name: str, device: Any) -> str:
-    """``auto``: the Triton kernels on CUDA, the torch reference elsewhere."""
-    if name != AUTO:
-        return name
-    on_cuda = getattr(device, "type", str(device)).startswith("cuda")
-    return "triton" if on_cuda and registry.has("triton") else "torch"
-
-
-def check_backend_name(registry: Any, value: str) -> str:
-    if value != AUTO and not registry.has(value):
-        known = [AUTO, *registry.names()]
-        raise ValueError(
-            f"unknown {registry.kind} {value!r}.{did_you_mean(value, known)} "
-            f"Choices: {', '.join(known)}"
-        )
-    return value
+from ._cached_op_insertion import insert_cached_ops
 
 
 class InsertCachedSSMConfig(TransformConfig):
     backend: str = Field(
-        default=AUTO,
-        description="SSM backend: 'torch' (reference), 'triton'; 'auto': triton on CUDA, torch "
-        "elsewhere.",
+        default="auto",
+        description="Backend of the 'ssm' op family: 'torch' (reference), 'triton'. 'auto': per "
+        "node, the highest-priority backend for the device that supports it.",
     )
     requires_shape_prop: bool = Field(
         default=True, description="Run shape propagation first: the state shape is read from it."
@@ -45,13 +27,28 @@ class InsertCachedSSMConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        return check_backend_name(SSMRegistry, value)
+        return check_backend_name(SSM.name, value)
+
+
+def insert_state_family(gm, cm, family: str, backend: str, transform: str):
+    """The generic insertion for a per-slot state family; a graph without the source op (a
+    model without Mamba layers) is left alone."""
+    if cm is None:
+        raise ConfigError(
+            f"{transform} needs a CachedSequenceInterface: call InferenceOptimizer(factory, "
+            "cfg)(cm) with one."
+        )
+    if not isinstance(gm, GraphModule):
+        raise ConfigError(f"{transform} needs an exported GraphModule.")
+    done = insert_cached_ops(gm, cm, family, backend)
+    if not done.num_replaced:
+        return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
+    return gm, TransformInfo(num_matches=done.num_replaced, is_clean=False, has_valid_shapes=False)
 
 
 @TransformRegistry.register("insert_cached_ssm_attention")
-class InsertCachedSSMAttention(InsertCachedAttention):
-    """Replace every ``torch_ssm`` by the backend's cached SSM op; register one state cache per
-    mixer layer.
+class InsertCachedSSMAttention(BaseTransform):
+    """Replace every ``torch_ssm`` by the backend's cached SSM op; one state cache per layer.
 
     before: ``y = torch_ssm(x, A, B, C, D, dt, dt_bias, time_step_limit, chunk_size)``
     after:  ``y = torch_cached_ssm(x, A, B, C, D, dt, dt_bias, batch_info_host, cu_seqlen,
@@ -65,10 +62,5 @@ class InsertCachedSSMAttention(InsertCachedAttention):
     def get_config_class(cls) -> type[TransformConfig]:
         return InsertCachedSSMConfig
 
-    @classmethod
-    def lookup_backend(cls, name: str, device: Any) -> Any:
-        return SSMRegistry.get(resolve_state_backend(SSMRegistry, name, device))
-
-    @classmethod
-    def missing_is_expected(cls, gm: GraphModule) -> bool:
-        return True  # most models have no SSM layer
+    def _apply(self, gm, cm, factory, shared_config: SharedConfig):
+        return insert_state_family(gm, cm, SSM.name, self.config.backend, self.name)
