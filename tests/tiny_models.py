@@ -94,6 +94,18 @@ HYBRID_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
             "mamba_chunk_size": 8,
         },
     ),
+    "zamba2": (  # a mixer in every layer; layer 1 also runs the shared attention block
+        "Zamba2Config",
+        {
+            **_SSM,
+            "layers_block_type": ["mamba", "hybrid"],
+            "num_key_value_heads": 4,
+            "n_mamba_heads": 8,
+            "mamba_headdim": 16,
+            "mamba_ngroups": 2,
+            "mamba_d_state": 16,
+        },
+    ),
 }
 
 

@@ -143,7 +143,12 @@ def _expected_attention_layers(config: Any, graph_layers: set[int]) -> list[int]
     shows up in the graph (every executed module does, matched or not); else all layers."""
     layer_types = getattr(config, "layer_types", None) if config is not None else None
     if layer_types:
-        return [i for i, t in enumerate(layer_types) if "attention" in t and "linear" not in t]
+        # "hybrid" (Zamba2): a Mamba mixer plus the shared attention block
+        return [
+            i
+            for i, t in enumerate(layer_types)
+            if ("attention" in t and "linear" not in t) or t == "hybrid"
+        ]
     if graph_layers:
         return sorted(graph_layers)
     return list(range(getattr(config, "num_hidden_layers", 0) or 0))
