@@ -60,12 +60,19 @@ def test_unknown_backend_is_a_config_error_with_a_suggestion():
         build_cached(gm, make_cm(), ssm={"backend": "trch"})
 
 
-def test_cached_model_matches_full_recomputation():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cached_model_matches_full_recomputation(backend, monkeypatch):
     """Two sequences: prefill in chunks (the state carries over), then mixed prefill + decode
-    steps; every new token's logits equal the uncached model over the whole sequence."""
+    steps; every new token's logits equal the uncached model over the whole sequence. The
+    triton backends run in the Triton interpreter on CPU."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     model, gm = export_tiny_mamba()
     cm = make_cm()
-    cached = build_cached(gm, cm)
+    cached = build_cached(gm, cm, ssm={"backend": backend}, conv={"backend": backend})
+    cached_op = getattr(ad, f"{backend}_cached_ssm")
+    assert count_ops(cached, cached_op) == 2
     g = torch.Generator().manual_seed(0)
     tokens = {s: torch.randint(0, VOCAB, (n,), generator=g).tolist() for s, n in ((0, 13), (1, 9))}
     runner = CachedRunner(cached, cm)
