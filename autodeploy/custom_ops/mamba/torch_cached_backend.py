@@ -118,12 +118,15 @@ def torch_cached_causal_conv1d(
             out[rows] = y[0]
             conv_state[slots[i]] = last[0].to(conv_state.dtype)
 
-    if num_decode:
+    if num_decode:  # one new input each: a dot product over the window, no conv setup
         rows = slice(num_prefill_tokens, num_prefill_tokens + num_decode)
         slots = slot_idx[num_prefill : num_prefill + num_decode]
-        y, last = convolve(conv_state[slots], tokens[rows][:, :, None])
-        out[rows] = y[:, 0]
-        conv_state[slots] = last.to(conv_state.dtype)
+        new = tokens[rows, :, None].to(weight.dtype)
+        window = torch.cat([conv_state[slots].to(weight.dtype), new], dim=-1)
+        y = (window * weight[:, 0]).sum(-1)  # [n, channels]
+        y = apply_conv_activation(y if bias is None else y + bias, activation)
+        out[rows] = y.to(x.dtype)
+        conv_state[slots] = window[..., 1:].to(conv_state.dtype)
     return out.view(x.shape)
 
 
