@@ -70,9 +70,13 @@ class TinyAttentionModel(nn.Module):
 
 def export_tiny(**kwargs):
     """(eager model, exported GraphModule) of ``TinyAttentionModel(**kwargs)``."""
-    model = TinyAttentionModel(**kwargs).eval()
+    return export_with_dynamic_dims(TinyAttentionModel(**kwargs).eval(), VOCAB)
+
+
+def export_with_dynamic_dims(model: nn.Module, vocab: int):
+    """(model, GraphModule) exported with dynamic batch and sequence dims."""
     inputs = {
-        "input_ids": torch.randint(0, VOCAB, (2, 4)),
+        "input_ids": torch.randint(0, vocab, (2, 4)),
         "position_ids": torch.arange(4).repeat(2, 1),
     }
     dims = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}

@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.export import Dim
-
-from autodeploy.export import torch_export_to_gm
+from cached_model_helpers import export_with_dynamic_dims
 
 VOCAB, HIDDEN, HEADS, HEAD_DIM, GROUPS, STATE, KERNEL, CHUNK = 32, 32, 4, 8, 2, 8, 4, 4
 INNER = HEADS * HEAD_DIM
@@ -62,11 +60,4 @@ class TinyMambaModel(nn.Module):
 
 def export_tiny_mamba(**kwargs):
     """(eager model, exported GraphModule) of ``TinyMambaModel(**kwargs)``."""
-    model = TinyMambaModel(**kwargs).eval()
-    inputs = {
-        "input_ids": torch.randint(0, VOCAB, (2, 4)),
-        "position_ids": torch.arange(4).repeat(2, 1),
-    }
-    dims = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
-    gm = torch_export_to_gm(model, inputs, {"input_ids": dims, "position_ids": dict(dims)})
-    return model, gm
+    return export_with_dynamic_dims(TinyMambaModel(**kwargs).eval(), VOCAB)

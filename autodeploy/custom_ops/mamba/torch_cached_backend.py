@@ -16,6 +16,8 @@ math runs in float32). ``conv_state``: [slots, channels, kernel_size - 1], the l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,6 +32,19 @@ def split_batch(batch_info_host: Tensor) -> tuple[int, int, int]:
     """(num_prefill sequences, num_prefill tokens, num_decode sequences) of the step."""
     num_prefill, num_prefill_tokens, num_decode = (int(v) for v in batch_info_host.tolist())
     return num_prefill, num_prefill_tokens, num_decode
+
+
+def prefill_sequences(
+    num_prefill: int, cu_seqlen: Tensor, input_pos: Tensor, slot_idx: Tensor
+) -> Iterator[tuple[slice, int, bool]]:
+    """(token rows, state slot, continues a chunked prefill) of each prefill sequence."""
+    if not num_prefill:
+        return
+    starts = cu_seqlen[: num_prefill + 1].tolist()
+    continues = (input_pos[:num_prefill] > 0).tolist()
+    slots = slot_idx[:num_prefill].tolist()
+    for i in range(num_prefill):
+        yield slice(starts[i], starts[i + 1]), slots[i], continues[i]
 
 
 @torch.library.custom_op("auto_deploy::torch_cached_ssm", mutates_args=("ssm_state",))
@@ -56,19 +71,14 @@ def torch_cached_ssm(
     y = torch.zeros_like(x, dtype=torch.float32)
     num_prefill, num_prefill_tokens, num_decode = split_batch(batch_info_host)
 
-    if num_prefill:
-        starts = cu_seqlen[: num_prefill + 1].tolist()
-        continues = (input_pos[:num_prefill] > 0).tolist()
-        slots = slot_idx[:num_prefill].tolist()
-        for i in range(num_prefill):
-            rows = slice(starts[i], starts[i + 1])
-            initial = ssm_state[slots[i]][None] if continues[i] else None
-            y_seq, final = chunked_scan(
-                x[None, rows], step[None, rows], A, B_tokens[None, rows], C_tokens[None, rows],
-                chunk_size, initial,
-            )  # fmt: skip
-            y[rows] = y_seq[0]
-            ssm_state[slots[i]] = final[0].to(ssm_state.dtype)
+    for rows, slot, continues in prefill_sequences(num_prefill, cu_seqlen, input_pos, slot_idx):
+        initial = ssm_state[slot][None] if continues else None
+        y_seq, final = chunked_scan(
+            x[None, rows], step[None, rows], A, B_tokens[None, rows], C_tokens[None, rows],
+            chunk_size, initial,
+        )  # fmt: skip
+        y[rows] = y_seq[0]
+        ssm_state[slot] = final[0].to(ssm_state.dtype)
 
     if num_decode:
         rows = slice(num_prefill_tokens, num_prefill_tokens + num_decode)
@@ -105,18 +115,13 @@ def torch_cached_causal_conv1d(
         y = apply_conv_activation(y, activation)
         return y.transpose(1, 2).to(x.dtype), window[..., window.shape[-1] - (kernel_size - 1) :]
 
-    if num_prefill:
-        starts = cu_seqlen[: num_prefill + 1].tolist()
-        continues = (input_pos[:num_prefill] > 0).tolist()
-        slots = slot_idx[:num_prefill].tolist()
-        for i in range(num_prefill):
-            rows = slice(starts[i], starts[i + 1])
-            history = conv_state[slots[i]][None]
-            if not continues[i]:
-                history = torch.zeros_like(history)
-            y, last = convolve(history, tokens[rows].t()[None])
-            out[rows] = y[0]
-            conv_state[slots[i]] = last[0].to(conv_state.dtype)
+    for rows, slot, continues in prefill_sequences(num_prefill, cu_seqlen, input_pos, slot_idx):
+        history = conv_state[slot][None]
+        if not continues:  # a new sequence: nothing before its first token
+            history = torch.zeros_like(history)
+        y, last = convolve(history, tokens[rows].t()[None])
+        out[rows] = y[0]
+        conv_state[slot] = last[0].to(conv_state.dtype)
 
     if num_decode:  # one new input each: a dot product over the window, no conv setup
         rows = slice(num_prefill_tokens, num_prefill_tokens + num_decode)

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import ClassVar
 
 from ....custom_ops.mamba.descriptor import CAUSAL_CONV
-from ....custom_ops.op_backend import check_backend_name
 from ...base import BaseTransform
 from ...interface import SharedConfig, TransformConfig
 from ...registry import TransformRegistry
-from .insert_cached_ssm_attention import insert_state_family
+from .insert_cached_ssm_attention import StateFamilyConfig, insert_state_family
 
 
-class InsertCachedCausalConvConfig(TransformConfig):
-    backend: str = Field(
-        default="auto",
-        description="Backend of the 'causal_conv' op family: 'torch' (reference), 'triton'. "
-        "'auto': per node, the highest-priority backend for the device that supports it.",
-    )
-    requires_shape_prop: bool = Field(
-        default=True, description="Run shape propagation first: the state shape is read from it."
-    )
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        return check_backend_name(CAUSAL_CONV.name, value)
+class InsertCachedCausalConvConfig(StateFamilyConfig):
+    FAMILY: ClassVar[str] = CAUSAL_CONV.name
 
 
 @TransformRegistry.register("insert_cached_causal_conv")

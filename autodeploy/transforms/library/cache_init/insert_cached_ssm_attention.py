@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator
 from torch.fx import GraphModule
 
@@ -14,11 +16,14 @@ from ...registry import TransformRegistry
 from ._cached_op_insertion import insert_cached_ops
 
 
-class InsertCachedSSMConfig(TransformConfig):
+class StateFamilyConfig(TransformConfig):
+    """Settings of an ``insert_cached_<state family>`` transform (``FAMILY``: its op family)."""
+
+    FAMILY: ClassVar[str] = SSM.name
     backend: str = Field(
         default="auto",
-        description="Backend of the 'ssm' op family: 'torch' (reference), 'triton'. 'auto': per "
-        "node, the highest-priority backend for the device that supports it.",
+        description="Backend of the op family: 'torch' (reference), 'triton'. 'auto': per node, "
+        "the highest-priority backend for the device that supports it (triton on CUDA).",
     )
     requires_shape_prop: bool = Field(
         default=True, description="Run shape propagation first: the state shape is read from it."
@@ -27,7 +32,7 @@ class InsertCachedSSMConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        return check_backend_name(SSM.name, value)
+        return check_backend_name(cls.FAMILY, value)
 
 
 def insert_state_family(gm, cm, family: str, backend: str, transform: str):
@@ -56,11 +61,11 @@ class InsertCachedSSMAttention(BaseTransform):
             ``ssm_state_<i>``: [slots, heads, head_dim, state] in ``mamba_ssm_cache_dtype``.
     """
 
-    config: InsertCachedSSMConfig
+    config: StateFamilyConfig
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:
-        return InsertCachedSSMConfig
+        return StateFamilyConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         return insert_state_family(gm, cm, SSM.name, self.config.backend, self.name)
