@@ -90,3 +90,16 @@ def test_cached_model_matches_full_recomputation(backend, monkeypatch):
         with torch.no_grad():
             expected = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
         torch.testing.assert_close(torch.cat(got[seq]), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_upstream_backend_names_are_accepted():
+    from autodeploy.transforms.library.cache_init.insert_cached_causal_conv import (
+        InsertCachedCausalConvConfig,
+    )
+    from autodeploy.transforms.library.cache_init.insert_cached_ssm_attention import (
+        StateFamilyConfig,
+    )
+
+    assert StateFamilyConfig(stage="cache_init", backend="triton_ssm").backend == "triton"
+    conv = InsertCachedCausalConvConfig(stage="cache_init", backend="torch_causal_conv")
+    assert conv.backend == "torch"

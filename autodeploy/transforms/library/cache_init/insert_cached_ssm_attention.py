@@ -15,6 +15,14 @@ from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._cached_op_insertion import insert_cached_ops
 
+# Upstream AutoDeploy's names of the same backends (its YAML files say e.g. "triton_ssm").
+UPSTREAM_BACKEND_NAMES = {
+    "torch_ssm": "torch",
+    "triton_ssm": "triton",
+    "torch_causal_conv": "torch",
+    "triton_causal_conv": "triton",
+}
+
 
 class StateFamilyConfig(TransformConfig):
     """Settings of an ``insert_cached_<state family>`` transform (``FAMILY``: its op family)."""
@@ -32,6 +40,7 @@ class StateFamilyConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
+        value = UPSTREAM_BACKEND_NAMES.get(value, value)
         return check_backend_name(cls.FAMILY, value)
 
 
