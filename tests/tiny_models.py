@@ -94,6 +94,19 @@ HYBRID_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
             "mamba_chunk_size": 8,
         },
     ),
+    "granitemoehybrid": (  # dense (no experts): the granite-4.0-h-micro layout
+        "GraniteMoeHybridConfig",
+        {
+            **_GQA,
+            "layer_types": ["mamba", "attention"],
+            "num_local_experts": 0,
+            "mamba_n_heads": 8,
+            "mamba_d_head": 16,
+            "mamba_n_groups": 2,
+            "mamba_d_state": 16,
+            "mamba_chunk_size": 8,
+        },
+    ),
     "zamba2": (  # a mixer in every layer; layer 1 also runs the shared attention block
         "Zamba2Config",
         {

@@ -23,6 +23,7 @@ LAYERS = {
     "mamba2": ([0, 1], []),
     "nemotron_h": ([0], [1]),  # mamba, attention, mlp
     "bamba": ([0], [1]),
+    "granitemoehybrid": ([0], [1]),  # dense variant (no experts)
     "zamba2": ([0, 1], [1]),  # the hybrid layer runs the shared attention block and a mixer
 }
 
