@@ -80,7 +80,8 @@ def mamba2_mixer_forward(
     )
     y = y.reshape(batch, seq_len, self.intermediate_size)
     norm = self.norm
-    y = ad.torch_rmsnorm_gated(y, norm.weight, gate, norm.variance_epsilon, norm.group_size, False)
+    group_size = getattr(norm, "group_size", self.intermediate_size // self.n_groups)
+    y = ad.torch_rmsnorm_gated(y, norm.weight, gate, norm.variance_epsilon, group_size, False)
     return self.out_proj(y.to(dtype))
 
 
