@@ -243,6 +243,7 @@ def test_to_dict_is_plain_and_round_trips():
         "free_gpu_memory_fraction": 0.9,
         "max_tokens": None,
         "dtype": "auto",
+        "mamba_ssm_cache_dtype": "float32",
     }
     assert LlmArgs.model_validate(data).to_dict() == data
     assert LlmArgs(**data).to_dict() == data
@@ -296,7 +297,10 @@ def test_unknown_nested_key_suggests(write_yaml):
     text = str(info.value)
     assert "kv_cache_config.tokens_per_blok: unknown key (from yaml_extra:a.yaml, line 2)." in text
     assert "Did you mean 'tokens_per_block'?" in text
-    assert "Valid keys: tokens_per_block, free_gpu_memory_fraction, max_tokens, dtype." in text
+    assert (
+        "Valid keys: tokens_per_block, free_gpu_memory_fraction, max_tokens, dtype, "
+        "mamba_ssm_cache_dtype." in text
+    )
 
 
 def test_wrong_type_names_path_value_and_source(monkeypatch):
