@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ..utils.devices import check_device_available
 from ..utils.errors import ConfigError
 from ..utils.suggest import did_you_mean
 from .layers import Provenance, build_layers, iter_leaves, merge_layers, normalize_path_list
@@ -114,6 +115,11 @@ class LlmArgs(BaseSettings):
         default=False,
         description="Allow running Python code shipped with a Hugging Face model. Off by "
         "default: only turn it on for sources you trust.",
+    )
+    check_weights: bool = Field(
+        default=True,
+        description="Reject checkpoint tensors holding NaN or Inf when they load (one cheap "
+        "reduction per tensor); false loads them unchecked.",
     )
     dtype: DtypeName = Field(
         default="auto", description="Model dtype; 'auto' takes it from the model config."
@@ -306,8 +312,13 @@ class LlmArgs(BaseSettings):
     # ------------------------------------------------------------------ queries
 
     def resolved_device(self) -> str:
-        """The device to use: 'auto' becomes 'cuda' when CUDA is available, else 'cpu'."""
+        """The device to use: 'auto' becomes 'cuda' when CUDA is available, else 'cpu'.
+
+        An explicit CUDA device on a machine without one is a ``ConfigError`` naming where the
+        setting came from."""
         if self.device != "auto":
+            where = f"device{(self._provenance or Provenance()).describe(('device',))}"
+            check_device_available(self.device, where)
             return self.device
         import torch
 
