@@ -35,6 +35,7 @@ from ..utils.suggest import did_you_mean
 from .layers import Provenance, build_layers, iter_leaves, merge_layers, normalize_path_list
 from .model_registry import register_registry_layers
 from .shortcuts import apply_shortcuts, fill_from_defaults
+from .source_checks import check_tokenizer_source, warn_remote_code
 from .validation import (
     annotate_transform_error,
     check_top_level_keys,
@@ -262,6 +263,9 @@ class LlmArgs(BaseSettings):
     def _resolve(self) -> LlmArgs:
         provenance = _BUILDING.get() or Provenance()  # set by __init__, which always runs
         self._check_model_factory(provenance)
+        check_tokenizer_source(self.tokenizer, f"tokenizer{provenance.describe(('tokenizer',))}")
+        if self.trust_remote_code:
+            warn_remote_code(self.model, provenance.describe(("trust_remote_code",)))
         self._resolve_max_num_tokens(provenance)
         self._resolve_transforms(provenance)
         return self
