@@ -53,8 +53,12 @@ def check_tokenizer_source(value: str | None, where: str) -> None:
         )
     try:
         _from_hub_cache(value)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: tokenizer {exc}") from None
+    except ConfigError:
+        raise ConfigError(
+            f"{where}: {value!r} is neither a local directory nor in the local Hugging Face "
+            f"cache, and autodeploy does not download: run `huggingface-cli download {value}` "
+            "first, or pass a tokenizer directory."
+        ) from None
 
 
 def warn_remote_code(model: str, where: str) -> None:
