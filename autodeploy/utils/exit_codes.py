@@ -53,6 +53,8 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit status an exception ends a tool with (see the module docstring)."""
     if isinstance(exc, BAD_INPUT_ERRORS):
         return EXIT_BAD_INPUT
+    if isinstance(exc, AutoDeployError) and isinstance(exc, ValueError):
+        return EXIT_BAD_INPUT  # a value the user chose, e.g. a backend that cannot run a node
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return EXIT_INTERNAL_ERROR

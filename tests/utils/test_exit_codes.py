@@ -7,6 +7,7 @@ import importlib
 import pytest
 
 from autodeploy.utils.errors import (
+    AutoDeployError,
     CapacityError,
     ConfigError,
     ExportError,
@@ -29,6 +30,7 @@ TOOLS = ("build_and_run", "dump_graph", "list_transforms", "registry", "bench", 
         (ConfigError("bad setting"), EXIT_BAD_INPUT),
         (CapacityError("too long"), EXIT_BAD_INPUT),
         (UnsupportedModelError("module X"), EXIT_BAD_INPUT),
+        (type("BackendError", (AutoDeployError, ValueError), {})("no"), EXIT_BAD_INPUT),
         (ExportError("export broke"), EXIT_INTERNAL_ERROR),
         (TransformError("transform broke"), EXIT_INTERNAL_ERROR),
     ],
