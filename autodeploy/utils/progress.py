@@ -128,7 +128,7 @@ class StageProgress:
             number = self.stages.index(self.current) + 1 if self.current in self.stages else 0
             plural = "s" if self._transforms != 1 else ""
             self._write(
-                f"[autodeploy] stage {number}/{len(self.stages)} {self.current:<16} "
+                f"[autodeploy] stage {number:>2}/{len(self.stages)} {self.current:<16} "
                 f"{self._transforms} transform{plural}, {time.perf_counter() - self._start:.1f} s\n"
             )
         self.current = None

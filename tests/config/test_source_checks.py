@@ -25,7 +25,7 @@ def test_tokenizer_directory_must_hold_a_tokenizer(tmp_path):
 
 
 def test_uncached_hub_id_fails_at_once():
-    with pytest.raises(ConfigError, match="neither a local directory nor in the local Hugging Face cache"):
+    with pytest.raises(ConfigError, match="neither a local directory nor in the local Hugging"):
         LlmArgs(tokenizer="no-such-org/no-such-tokenizer-xyz")
 
 

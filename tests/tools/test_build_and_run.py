@@ -57,6 +57,7 @@ def test_override_run_with_benchmark_writes_json(tmp_path):
         "--benchmark.bs=2",
         "--benchmark.num=2",
         f"--benchmark.results-path={results}",
+        log_level="DEBUG",  # the factory's config-override line is a per-transform detail
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "num_hidden_layers" in proc.stderr  # the model-kwargs override reached the factory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import pytest
 
@@ -21,7 +22,23 @@ from autodeploy.utils.exit_codes import (
     tool_main,
 )
 
-TOOLS = ("build_and_run", "dump_graph", "list_transforms", "registry", "bench", "host_overhead")
+
+def _tools_with_main() -> list[str]:
+    """Every module of autodeploy.tools that has a ``main`` (a command-line tool)."""
+    import autodeploy.tools
+
+    names = []
+    for info in pkgutil.iter_modules(autodeploy.tools.__path__):
+        try:
+            module = importlib.import_module(f"autodeploy.tools.{info.name}")
+        except ImportError:  # an optional dependency (e.g. a server) is not installed
+            continue
+        if callable(getattr(module, "main", None)):
+            names.append(info.name)
+    return names
+
+
+TOOLS = _tools_with_main()
 
 
 @pytest.mark.parametrize(
@@ -61,6 +78,12 @@ def test_bugs_keep_their_traceback():
 
     with pytest.raises(KeyError):
         main([])
+
+
+def test_the_known_tools_are_found():
+    assert {"build_and_run", "dump_graph", "list_transforms", "bench", "host_overhead"} <= set(
+        TOOLS
+    )
 
 
 @pytest.mark.parametrize("tool", TOOLS)
