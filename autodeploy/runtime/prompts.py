@@ -115,7 +115,7 @@ def sampling_params_for(
 
 def rejection_message(error: Exception, index: int) -> str:
     """The engine's capacity error, naming the prompt index instead of the request id."""
-    return re.sub(r"^request \d+", f"prompt {index}", str(error))
+    return re.sub(r"^(the request|request \d+)", f"prompt {index}", str(error))
 
 
 def _check_against_vocab(sp: SamplingParams, index: int, vocab_size: int | None) -> None:
