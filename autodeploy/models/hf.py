@@ -181,6 +181,10 @@ def _build_failure(config: Any, exc: Exception) -> AutoDeployError:
             f"Hugging Face could not build {arch} from its config: {what}. Check the config "
             "(and `model_kwargs`) against the model's documentation."
         )
-    return UnsupportedModelError(
-        f"Building {arch} failed in {module.describe()}: {what}. {advice(module, exc)}"
+    hint = (
+        advice(module, exc)
+        if module.kind != "other"
+        else "Check the config (and `model_kwargs`) for this module, or file an issue with the "
+        "model name."
     )
+    return UnsupportedModelError(f"Building {arch} failed in {module.describe()}: {what}. {hint}")

@@ -80,3 +80,21 @@ def test_deepseek_v3_checkpoint_names_the_unsupported_module(tmp_path):
     assert "module DeepseekV3" in message and "'model.layers.1.mlp.experts'" in message
     assert "Mixture-of-experts blocks of this architecture are not supported" in message
     assert not any(bad in message for bad in BAD_ADVICE), message
+
+
+def test_factory_build_failure_names_the_module_being_built(tmp_path, monkeypatch):
+    from tiny_models import tiny_config
+
+    tiny_config("llama").save_pretrained(tmp_path)
+    modeling = transformers.models.llama.modeling_llama
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("activation 'glu2' is not implemented")
+
+    monkeypatch.setattr(modeling.LlamaMLP, "__init__", refuse)
+    with pytest.raises(UnsupportedModelError) as info:
+        AutoModelForCausalLMFactory(str(tmp_path)).build_model("meta")
+    message = str(info.value)
+    assert "failed in module LlamaMLP: ValueError" in message
+    assert "activation 'glu2' is not implemented" in message
+    assert not any(bad in message for bad in BAD_ADVICE), message
