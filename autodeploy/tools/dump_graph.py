@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LlmArgs, cli_help_text, format_resolved_config, parse_cli
+from ..custom_ops.backend_resolver import format_backend_table, recorded_choices
 from ..models import create_factory
 from ..transforms import InferenceOptimizer, Stages
 from ..transforms.instruments import (
@@ -69,6 +70,9 @@ def write_summary(files: DumpDirectory, gm: Any) -> str:
     coverage = meta.get("coverage")
     if coverage is not None:
         lines += ["", "pattern coverage:", str(coverage)]
+    choices = recorded_choices(gm)
+    if choices:
+        lines += ["", "backends per op family:", format_backend_table(choices)]
     text = "\n".join(lines) + "\n"
     files.write_text("summary.txt", text)
     return text
