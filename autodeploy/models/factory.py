@@ -30,6 +30,7 @@ class ModelFactory(ABC):
         max_seq_len: int = 2048,
         trust_remote_code: bool = False,
         seed: int = 0,
+        check_weights: bool = True,
     ):
         self.model = model
         self.model_kwargs = dict(model_kwargs or {})
@@ -40,6 +41,7 @@ class ModelFactory(ABC):
         self.max_seq_len = max_seq_len
         self.trust_remote_code = trust_remote_code
         self.seed = seed
+        self.check_weights = check_weights  # reject NaN/Inf checkpoint tensors at load
 
     @abstractmethod
     def build_model(self, device: str | torch.device = "meta") -> nn.Module:
@@ -105,4 +107,5 @@ def create_factory(args: Any) -> ModelFactory:
         dtype=args.dtype,
         max_seq_len=args.max_seq_len,
         trust_remote_code=args.trust_remote_code,
+        check_weights=getattr(args, "check_weights", True),
     )

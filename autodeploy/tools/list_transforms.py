@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from ..transforms import Stages, TransformConfig, TransformRegistry
-from ..utils.errors import RegistryError
+from ..utils.exit_codes import tool_main
 
 _COMMON_FIELDS = set(TransformConfig.model_fields)
 
@@ -77,6 +77,7 @@ def _format(entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autodeploy.tools.list_transforms", description=__doc__.split("\n")[0]
@@ -90,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     in_pipeline = [n for n in stages if TransformRegistry.has(n)]
     others = [n for n in TransformRegistry.names() if n not in stages]
     names = opts.names or (in_pipeline + others)
-    try:
-        entries = [describe(n, stages.get(n, "-")) for n in names]
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    entries = [describe(n, stages.get(n, "-")) for n in names]  # unknown name: exit 2
     if opts.stage:
         entries = [e for e in entries if e["stage"] == opts.stage]
     if opts.json:

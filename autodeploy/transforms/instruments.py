@@ -3,7 +3,7 @@
 An instrument sees a transform before and after it runs; transforms never know about them.
 The optimizer builds the default set from the environment:
 
-- timing and the per-transform log line (always),
+- timing, the per-transform log line (DEBUG) and one progress line per stage (always),
 - ``AUTODEPLOY_DUMP_GRAPHS_DIR=dir``: ``dir/NNN_<transform>.txt`` after each transform, plus the
   resolved configuration as ``dir/config.yaml``,
 - ``AUTODEPLOY_VERIFY_GRAPHS=1``: lint and re-generate code of the graph after each transform,
@@ -23,6 +23,7 @@ import torch.nn as nn
 import yaml
 from torch.fx import GraphModule
 
+from ..utils.dump_dir import DumpDirectory
 from ..utils.logger import logger
 from .interface import Stages, TransformInfo
 
@@ -68,6 +69,9 @@ class Instrument:
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         pass
 
+    def on_build_end(self) -> None:
+        pass
+
 
 class TimingInstrument(Instrument):
     def before(self, record: TransformRecord, mod: nn.Module) -> None:
@@ -82,7 +86,7 @@ class LogInstrument(Instrument):
         if record.status == "disabled":
             logger.debug("disabled")
             return
-        logger.info(
+        logger.debug(  # the compact view shows stages; the summary lists every transform
             "num_matches=%d skipped=%s time=%.1fms%s",
             record.info.num_matches,
             record.info.skipped or record.status != "ran",
@@ -98,26 +102,24 @@ class GraphDumpInstrument(Instrument):
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
+        self.files = DumpDirectory(directory)  # removes and overwrites only its own files
 
     def on_build_start(self, resolved_config: dict[str, Any] | None) -> None:
-        if self.directory.exists():
-            for old in self.directory.glob("[0-9][0-9][0-9]_*.txt"):
-                old.unlink()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.files.clear_previous()
         if resolved_config is not None:
             text = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
-            (self.directory / "config.yaml").write_text(text)
+            self.files.write_text("config.yaml", text)
 
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         if record.status == "disabled":
             return
-        path = self.directory / f"{record.index:03d}_{record.name}.txt"
+        name = f"{record.index:03d}_{record.name}.txt"
         header = (
             f"# transform={record.name} stage={record.stage.value} status={record.status} "
             f"num_matches={record.info.num_matches}\n"
         )
         body = mod.code if isinstance(mod, GraphModule) else repr(mod)
-        path.write_text(header + body)
+        self.files.write_text(name, header + body)
 
 
 class VerifyInstrument(Instrument):
@@ -153,7 +155,9 @@ class CudaMemoryInstrument(Instrument):
 
 
 def default_instruments() -> list[Instrument]:
-    instruments: list[Instrument] = [TimingInstrument(), LogInstrument()]
+    from .stage_progress import StageProgressInstrument  # it subclasses Instrument
+
+    instruments: list[Instrument] = [TimingInstrument(), LogInstrument(), StageProgressInstrument()]
     if os.environ.get(DUMP_DIR_ENV):
         instruments.append(GraphDumpInstrument(os.environ[DUMP_DIR_ENV]))
     if os.environ.get(VERIFY_ENV, "0") not in ("", "0", "false", "False"):

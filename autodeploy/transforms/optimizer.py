@@ -14,6 +14,7 @@ from torch.fx import GraphModule
 from ..custom_ops.backend_resolver import format_backend_table, recorded_choices
 from ..utils.errors import AutoDeployError, BuildError, TransformError
 from ..utils.logger import log_prefix, logger
+from ..utils.unsupported import graph_failure_note
 from .base import BaseTransform
 from .instruments import Instrument, TransformRecord, default_instruments, format_summary
 from .interface import BuildProblem, SharedConfig, TransformConfig, TransformInfo
@@ -85,6 +86,8 @@ class InferenceOptimizer:
                 for hook in self.instruments:
                     hook.after(record, mod)
 
+        for hook in self.instruments:
+            hook.on_build_end()
         logger.info("build summary:\n%s", format_summary(records))
         choices = recorded_choices(mod)
         if choices:
@@ -118,7 +121,7 @@ class InferenceOptimizer:
         try:
             new_mod, info = transform(mod, cm, self.factory, shared, last_info)
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
+            message = f"{type(exc).__name__}: {exc}{graph_failure_note(exc, mod)}"
             where = f"Transform {transform.name!r} (stage {cfg.stage.value})"
             if cfg.skip_on_error and not shared.strict:
                 record.status, record.error = "failed", message

@@ -208,7 +208,7 @@ def test_graph_dumps_are_written(gm, tmp_path):
         None, {"_opt_a": {"stage": "export"}, "_opt_b": {"stage": "compile"}}, instruments=[dump]
     )(None, gm)
     files = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert files == ["001__opt_a.txt", "002__opt_b.txt", "config.yaml"]
+    assert files == [".autodeploy-dump-manifest", "001__opt_a.txt", "002__opt_b.txt", "config.yaml"]
     text = (tmp_path / "dumps" / "001__opt_a.txt").read_text()
     assert "transform=_opt_a" in text and "def forward" in text and "relu" in text
     assert "_opt_b" in (tmp_path / "dumps" / "config.yaml").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field, field_validator
 from torch.fx import GraphModule
 
@@ -9,6 +10,7 @@ from ....custom_ops.attention.descriptor import ATTENTION
 from ....custom_ops.op_backend import check_backend_name
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
+from ...graph_utils import is_op
 from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._cached_op_insertion import insert_cached_ops
@@ -63,6 +65,8 @@ class InsertCachedAttention(BaseTransform):
         if not isinstance(gm, GraphModule):
             raise ConfigError("insert_cached_attention needs an exported GraphModule.")
         done = insert_cached_ops(gm, cm, ATTENTION.name, self.config.backend)
+        if not done.num_replaced and _has_state_space_ops(gm):  # pure Mamba: no attention
+            return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         if not done.num_replaced:
             self.report_problem(
                 shared_config,
@@ -74,3 +78,8 @@ class InsertCachedAttention(BaseTransform):
         return gm, TransformInfo(
             num_matches=done.num_replaced, is_clean=False, has_valid_shapes=False
         )
+
+
+def _has_state_space_ops(gm: GraphModule) -> bool:
+    ad = torch.ops.auto_deploy
+    return any(is_op(n, (ad.torch_ssm, ad.torch_cached_ssm)) for n in gm.graph.nodes)

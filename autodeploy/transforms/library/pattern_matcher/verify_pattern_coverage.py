@@ -55,6 +55,14 @@ class VerifyPatternCoverage(BaseTransform):
             if self.config.on_mismatch == "error":
                 raise TransformError(message)
             self.report_problem(shared_config, message)
+        if not coverage.ssm.ok:
+            message = (
+                f"Mamba mixers not exported as canonical ops: {coverage.ssm.format().strip()}; "
+                "see the mamba2_mixer export patch (autodeploy/export/library/mamba2_mixer.py)."
+            )
+            if self.config.on_mismatch == "error":
+                raise TransformError(message)
+            self.report_problem(shared_config, message)
         if coverage.missing_rope_layers:
             self.report_problem(
                 shared_config,
