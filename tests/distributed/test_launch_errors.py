@@ -21,7 +21,7 @@ def test_more_ranks_than_gpus_is_a_config_error(monkeypatch):
 
 def test_registry_world_size_error_says_how_to_override(monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     args = LlmArgs(model="meta-llama/Llama-3.1-8B-Instruct", use_registry=True, device="cuda")
     assert args.world_size > 1
     with pytest.raises(ConfigError, match="0 were found.*registry.*world_size=N"):

@@ -160,6 +160,6 @@ def test_shutdown_and_context_manager(monkeypatch):
 def test_more_ranks_than_gpus_fails_before_building(monkeypatch):
     """Several ranks are tested in tests/distributed; here: the device check comes first."""
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     with pytest.raises(ConfigError, match="world_size=2 needs 2 GPUs on this node but 0 were"):
         LLM(model="builtin:tiny-llama", world_size=2, device="cuda")
