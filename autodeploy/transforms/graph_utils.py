@@ -64,13 +64,23 @@ def run_shape_prop(gm: GraphModule) -> None:
         mode.allow_non_fake_inputs = prev
 
 
+# node.meta key set by the torch-direct compile backend: the op a direct function call stands for.
+DIRECT_CALL_OF = "autodeploy_direct_call_of"
+
+
+def op_of(node: Node) -> Any:
+    """The op a node calls: its target, or for a direct call (torch-direct) the op it replaced."""
+    return node.meta.get(DIRECT_CALL_OF, node.target)
+
+
 def is_op(node: Node, ops: OpLike | Iterable[OpLike]) -> bool:
-    """True if ``node`` calls one of ``ops`` (an overload packet matches all its overloads)."""
+    """True if ``node`` calls one of ``ops`` (an overload packet matches all its overloads; a
+    direct call made by torch-direct counts as the op it replaced)."""
     if node.op != "call_function":
         return False
     if not isinstance(ops, (list, tuple, set, frozenset)):
         ops = (ops,)
-    target = node.target
+    target = op_of(node)
     for op in ops:
         if target is op:
             return True
