@@ -1,4 +1,29 @@
-"""BaseTransform: one named graph rewrite with declared pre/post requirements."""
+"""BaseTransform: one named graph rewrite that declares what it is.
+
+A transform class declares, as class attributes (all checked when the configuration loads):
+
+- ``stage``: the ``Stages`` member it runs in. The YAML may restate it (``stage: cache_init``);
+  a different stage is a ConfigError that names the right one. ``None`` (third-party or test
+  transforms that do not declare one): the YAML must give it.
+- ``requires``: facts (``autodeploy.transforms.facts``) that must hold when it runs, e.g.
+  ``WEIGHTS_LOADED``, ``CACHE_INTERFACE``, ``CANONICAL_ATTENTION``.
+- ``uses``: facts it builds on when the pipeline provides them: every enabled provider must run
+  before it, but it also runs without them (e.g. the coverage report after the matchers).
+- ``provides`` / ``invalidates``: facts it establishes / destroys. Disabled transforms provide
+  nothing.
+- ``optional``: the build can go on without it. Only then does a failure suggest
+  ``enabled: false`` or ``skip_on_error: true``, and only then is ``skip_on_error`` allowed.
+- ``failure_hint``: what to check or change when it fails (shown in the error).
+
+A new transform only declares facts; it never lists other transforms. Example::
+
+    @TransformRegistry.register("insert_cached_ssm_attention")
+    class InsertCachedSSMAttention(BaseTransform):
+        stage = Stages.CACHE_INIT
+        requires = (EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED, CANONICAL_SSM)
+        provides = (CACHE_RESOURCES,)
+        optional = False
+"""
 
 from __future__ import annotations
 
@@ -10,8 +35,9 @@ import torch.nn as nn
 from torch.fx import GraphModule
 
 from ..utils.logger import logger
+from .facts import Fact
 from .graph_utils import canonicalize_graph, run_shape_prop
-from .interface import BuildProblem, SharedConfig, TransformConfig, TransformInfo
+from .interface import BuildProblem, SharedConfig, Stages, TransformConfig, TransformInfo
 
 if TYPE_CHECKING:
     from ..models.factory import ModelFactory
@@ -23,10 +49,18 @@ class BaseTransform(ABC):
 
     ``_apply`` returns the (possibly new) module and a ``TransformInfo``. Report
     ``is_clean=True`` / ``has_valid_shapes=True`` when the transform did not disturb the graph, so
-    the pass manager can skip needless cleanup and shape propagation.
+    the pass manager can skip needless cleanup and shape propagation. Declare the class
+    attributes below (see the module docstring).
     """
 
     _transform_key: ClassVar[str] = ""
+    stage: ClassVar[Stages | None] = None
+    requires: ClassVar[tuple[Fact, ...]] = ()
+    uses: ClassVar[tuple[Fact, ...]] = ()
+    provides: ClassVar[tuple[Fact, ...]] = ()
+    invalidates: ClassVar[tuple[Fact, ...]] = ()
+    optional: ClassVar[bool] = True
+    failure_hint: ClassVar[str] = ""
 
     def __init__(self, config: TransformConfig):
         self.config = config
@@ -38,6 +72,8 @@ class BaseTransform(ABC):
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> BaseTransform:
+        if cls.stage is not None:
+            kwargs.setdefault("stage", cls.stage)
         return cls(cls.get_config_class()(**kwargs))
 
     @property

@@ -5,7 +5,8 @@ The optimizer builds the default set from the environment:
 
 - timing and the per-transform log line (always),
 - ``AUTODEPLOY_DUMP_GRAPHS_DIR=dir``: ``dir/NNN_<transform>.txt`` after each transform, plus the
-  resolved configuration as ``dir/config.yaml``,
+  resolved configuration as ``dir/config.yaml``; when a transform fails, the graph before it as
+  ``dir/NNN_<transform>.FAILED.txt`` (with the error),
 - ``AUTODEPLOY_VERIFY_GRAPHS=1``: lint and re-generate code of the graph after each transform,
 - CUDA memory deltas when a GPU is in use.
 """
@@ -68,6 +69,10 @@ class Instrument:
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         pass
 
+    def on_failure(self, record: TransformRecord, exc: BaseException) -> str | None:
+        """The transform raised ``exc``; return where debugging material was saved, if any."""
+        return None
+
 
 class TimingInstrument(Instrument):
     def before(self, record: TransformRecord, mod: nn.Module) -> None:
@@ -98,15 +103,33 @@ class GraphDumpInstrument(Instrument):
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
+        self._code_before = ""  # the graph as it was before the running transform
+        self._config = ""
 
     def on_build_start(self, resolved_config: dict[str, Any] | None) -> None:
         if self.directory.exists():
             for old in self.directory.glob("[0-9][0-9][0-9]_*.txt"):
                 old.unlink()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._config = ""
         if resolved_config is not None:
-            text = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
-            (self.directory / "config.yaml").write_text(text)
+            self._config = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
+            (self.directory / "config.yaml").write_text(self._config)
+
+    def before(self, record: TransformRecord, mod: nn.Module) -> None:
+        # Kept as text: a failing transform may leave the graph half rewritten.
+        self._code_before = mod.code if isinstance(mod, GraphModule) else repr(mod)
+
+    def on_failure(self, record: TransformRecord, exc: BaseException) -> str | None:
+        path = self.directory / f"{record.index:03d}_{record.name}.FAILED.txt"
+        lines = [
+            f"transform={record.name} stage={record.stage.value} FAILED",
+            *f"{type(exc).__name__}: {exc}".splitlines(),
+            "the graph before it:",
+        ]
+        path.write_text("".join(f"# {line}\n" for line in lines) + self._code_before)
+        config = self.directory / "config.yaml"
+        return f"{path}, {config}" if self._config else str(path)
 
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         if record.status == "disabled":

@@ -11,12 +11,20 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
-from ..utils.errors import AutoDeployError, BuildError, TransformError
+from ..utils.errors import AutoDeployError, BuildError, ConfigError, TransformError
 from ..utils.logger import log_prefix, logger
 from .base import BaseTransform
-from .instruments import Instrument, TransformRecord, default_instruments, format_summary
+from .facts import CACHE_INTERFACE, MODEL_FACTORY
+from .instruments import (
+    DUMP_DIR_ENV,
+    Instrument,
+    TransformRecord,
+    default_instruments,
+    format_summary,
+)
 from .interface import BuildProblem, SharedConfig, TransformConfig, TransformInfo
-from .registry import TransformRegistry, parse_transform_configs
+from .pipeline_check import PipelineStep, check_facts
+from .registry import TransformRegistry, validate_pipeline
 
 if TYPE_CHECKING:
     from ..models.factory import ModelFactory
@@ -47,8 +55,9 @@ class InferenceOptimizer:
 
         load_plugins()  # AUTODEPLOY_PLUGINS may have been set after `import autodeploy`
         self.factory = factory
-        parsed = parse_transform_configs(config)
-        ordered = sorted(parsed.items(), key=lambda item: item[1].stage.order)
+        # The cache interface is only known when the optimizer is called: checked again then.
+        given = (CACHE_INTERFACE, *((MODEL_FACTORY,) if factory is not None else ()))
+        ordered = validate_pipeline(config, given)
         self.transforms: list[tuple[str, BaseTransform]] = [
             (name, TransformRegistry.get(name)(cfg)) for name, cfg in ordered
         ]
@@ -63,6 +72,8 @@ class InferenceOptimizer:
     def __call__(
         self, cm: CachedSequenceInterface | None, mod: nn.Module | None = None
     ) -> nn.Module:
+        if cm is None:
+            self._check_inputs()
         mod = mod if mod is not None else nn.Module()
         shared = self.shared_config
         history: OrderedDict[str, TransformInfo] = OrderedDict()
@@ -93,6 +104,17 @@ class InferenceOptimizer:
         gc.collect()
         return mod
 
+    def _check_inputs(self) -> None:
+        """Called without a cache interface: fail before anything runs if a transform needs it."""
+        steps = [
+            PipelineStep(name, type(t), t.config.stage, t.config.enabled)
+            for name, t in self.transforms
+        ]
+        given = (MODEL_FACTORY,) if self.factory is not None else ()
+        lines = check_facts(steps, given)
+        if lines:
+            raise ConfigError("Cannot run the pipeline:\n  " + "\n  ".join(lines))
+
     def _run_one(
         self,
         transform: BaseTransform,
@@ -116,6 +138,7 @@ class InferenceOptimizer:
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             where = f"Transform {transform.name!r} (stage {cfg.stage.value})"
+            dumped = self._dump_failure(record, exc)
             if cfg.skip_on_error and not shared.strict:
                 record.status, record.error = "failed", message
                 record.info = TransformInfo(skipped=True)
@@ -132,16 +155,40 @@ class InferenceOptimizer:
             if cfg.skip_on_error:
                 raise BuildError(
                     f"{where} failed and strict mode does not allow skip_on_error: {message}"
+                    f"{dumped}"
                 ) from exc
             if isinstance(exc, AutoDeployError):
+                if dumped:
+                    logger.error("%s failed:%s", where, dumped)
                 raise
-            raise TransformError(
-                f"{where} failed: {message}. Set `transforms.{transform.name}.enabled: false` "
-                f"to run without it, or `skip_on_error: true` to skip it when it fails."
-            ) from exc
+            raise TransformError(f"{where} failed: {message}.{remedy(transform)}{dumped}") from exc
         record.status = "ran"
         record.info = info
         return new_mod, info
+
+    def _dump_failure(self, record: TransformRecord, exc: BaseException) -> str:
+        """Let the instruments save what helps debug ``exc``; a sentence saying where, or ''."""
+        places = [
+            place
+            for hook in self.instruments
+            if (place := hook.on_failure(record, exc)) is not None
+        ]
+        if not places:
+            return f" (Set {DUMP_DIR_ENV}=<dir> to save the graph before it and the configuration.)"
+        return " The graph before it and the resolved configuration: " + ", ".join(places) + "."
+
+
+def remedy(transform: BaseTransform) -> str:
+    """What to do about a failure of ``transform``: its own hint; the generic way around it only
+    when the build can go on without it."""
+    name = transform.name
+    hint = f" {transform.failure_hint}" if transform.failure_hint else ""
+    if not transform.optional:
+        return f"{hint} ({name} is required: the build cannot go on without it.)"
+    return (
+        f"{hint} Set `transforms.{name}.enabled: false` to run without it, or "
+        "`skip_on_error: true` to skip it when it fails."
+    )
 
 
 def _store_meta(

@@ -118,7 +118,7 @@ def test_whole_config_is_validated_before_anything_runs(gm):
         run(config, gm)
     message = str(err.value)
     assert "transforms._opt_bb: unknown transform" in message and "'_opt_b'" in message
-    assert "transforms._opt_c.tagg: unknown key 'tagg'" in message and "'tag'" in message
+    assert "transforms._opt_c.tagg: unknown key. Did you mean 'tag'" in message
     assert CALLS == []
 
 

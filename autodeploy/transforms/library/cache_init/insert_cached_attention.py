@@ -18,8 +18,17 @@ from ....custom_ops.attention.descriptor import (
 from ....utils.errors import ConfigError
 from ....utils.suggest import did_you_mean
 from ...base import BaseTransform
+from ...facts import (
+    ATTENTION_LAYOUT,
+    CACHE_INTERFACE,
+    CACHE_RESOURCES,
+    CANONICAL_ATTENTION,
+    EXPORTED_GRAPH,
+    INPUTS_ON_DEVICE,
+    WEIGHTS_LOADED,
+)
 from ...graph_utils import add_graph_input, find_nodes
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 AUTO = "auto"
@@ -72,6 +81,16 @@ class InsertCachedAttention(BaseTransform):
     The metadata args are activated on ``cm.info``; the caches are registered with
     ``cm.add_resource`` (allocated later by ``initialize_cache``).
     """
+
+    stage = Stages.CACHE_INIT
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED, CANONICAL_ATTENTION)
+    uses = (ATTENTION_LAYOUT, INPUTS_ON_DEVICE)
+    provides = (CACHE_RESOURCES,)
+    optional = False
+    failure_hint = (
+        "Try another attention backend (`attn_backend: torch` is the reference), and check the "
+        "pattern coverage report for attention the matchers did not turn into torch_attention."
+    )
 
     config: InsertCachedAttentionConfig
 

@@ -7,7 +7,8 @@ from pydantic import Field
 from ....export import torch_export_to_gm
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, MODEL_BUILT
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -27,6 +28,16 @@ class ExportToGM(BaseTransform):
     after:  ``gm(input_ids [b, s], position_ids [b, s]) -> logits [b, s, vocab]`` (GraphModule,
             same parameter names, tied weights and load hooks as the model)
     """
+
+    stage = Stages.EXPORT
+    requires = (MODEL_BUILT,)
+    provides = (EXPORTED_GRAPH, CANONICAL_ATTENTION)
+    optional = False
+    failure_hint = (
+        "torch.export could not capture the model: export with `model_kwargs: "
+        "{attn_implementation: sdpa}` if the attention code is the cause, and read the graph "
+        "dump (AUTODEPLOY_DUMP_GRAPHS_DIR)."
+    )
 
     config: ExportToGMConfig
 

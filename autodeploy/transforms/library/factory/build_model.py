@@ -6,7 +6,8 @@ import torch.nn as nn
 
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformInfo
+from ...facts import MODEL_BUILT, MODEL_FACTORY
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -17,6 +18,15 @@ class BuildModel(BaseTransform):
     before: an empty ``nn.Module``
     after:  the model (e.g. ``LlamaForCausalLM``), parameters on meta, buffers real
     """
+
+    stage = Stages.FACTORY
+    requires = (MODEL_FACTORY,)
+    provides = (MODEL_BUILT,)
+    optional = False
+    failure_hint = (
+        "Check `model` (a Hugging Face directory, hub id or builtin:<name>) and that its "
+        "config.json loads with transformers; `model_factory` picks how it is built."
+    )
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         if factory is None:

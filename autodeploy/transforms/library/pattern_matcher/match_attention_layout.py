@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from ...facts import ATTENTION_LAYOUT, CANONICAL_ATTENTION, EXPORTED_GRAPH
 from ...graph_utils import find_nodes
-from ...interface import TransformConfig
+from ...interface import Stages, TransformConfig
 from ...pattern import bound_args, insert_replacement
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, info_for
@@ -47,6 +48,11 @@ class MatchAttentionLayout(PatternMatcherTransform):
     after:  ``o = transpose(torch_attention(transpose(q, 1, 2), ..., layout="bsnd"), 1, 2)``
     ``eliminate_redundant_transposes`` then cancels these against HF's own transposes.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    uses = (CANONICAL_ATTENTION,)
+    provides = (ATTENTION_LAYOUT,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

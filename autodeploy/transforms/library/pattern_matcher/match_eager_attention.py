@@ -7,7 +7,8 @@ import functools
 import torch
 from pydantic import Field
 
-from ...interface import TransformConfig
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH
+from ...interface import Stages, TransformConfig
 from ...pattern import PatternSet, replace_match
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs, info_for
@@ -90,6 +91,10 @@ class MatchEagerAttention(PatternMatcherTransform):
     (with the scale multiplied), Gemma-2 soft-capping (-> logit_cap), no mask (full attention:
     is_causal=False). A mask is taken to be causal and dropped, unless ``keep_attn_mask``.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    provides = (CANONICAL_ATTENTION,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, REPEAT_KV_OP
 from ...graph_utils import find_nodes, is_op
+from ...interface import Stages
 from ...pattern import bound_args, strip_noise
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, info_for
@@ -16,6 +18,10 @@ class MatchGroupedAttention(PatternMatcherTransform):
     after:  ``o = torch_attention(q, k, v, ..., "bnsd")``
     Both key and value must be repeated by the same factor; the repeats die with their last use.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    uses = (CANONICAL_ATTENTION, REPEAT_KV_OP)
 
     def _apply(self, gm, cm, factory, shared_config):
         count = 0

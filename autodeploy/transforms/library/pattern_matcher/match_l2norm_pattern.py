@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ...facts import CANONICAL_L2NORM, EXPORTED_GRAPH
+from ...interface import Stages
 from ...pattern import PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -37,6 +39,10 @@ class MatchL2NormPattern(PatternMatcherTransform):
     after:  ``y = auto_deploy.torch_l2norm(x, eps)``
     Also without the float32 upcast (``torch_l2norm`` always normalizes in float32).
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    provides = (CANONICAL_L2NORM,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ...facts import EXPORTED_GRAPH, REPEAT_KV_OP
+from ...interface import Stages
 from ...pattern import Match, PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -48,6 +50,10 @@ class MatchRepeatKV(PatternMatcherTransform):
             (or ``repeat_interleave(x, n_rep, dim=1)``)
     after:  ``y = auto_deploy.torch_attention_repeat_kv(x, n_rep)``
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    provides = (REPEAT_KV_OP,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

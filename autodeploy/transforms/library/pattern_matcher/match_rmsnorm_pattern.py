@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...facts import CANONICAL_RMSNORM, EXPORTED_GRAPH
+from ...interface import Stages
 from ...pattern import Match, PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -71,6 +73,10 @@ class MatchRMSNormPattern(PatternMatcherTransform):
     Variants: the cast after the scale (OLMo-2); Gemma's ``* (1 + w)`` (emits ``w + 1`` as the
     weight); the gated norm ``norm(x * silu(gate)) * w`` -> ``torch_rmsnorm_gated``.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    provides = (CANONICAL_RMSNORM,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

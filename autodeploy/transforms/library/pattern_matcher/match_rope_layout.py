@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from ...facts import CANONICAL_ROPE, EXPORTED_GRAPH, ROPE_LAYOUT
 from ...graph_utils import find_nodes
-from ...interface import TransformConfig
+from ...interface import Stages, TransformConfig
 from ...pattern import bound_args, insert_replacement
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, info_for
@@ -42,6 +43,11 @@ class MatchRopeLayout(PatternMatcherTransform):
             ``q2, k2 = transpose(o[0], 1, 2), transpose(o[1], 1, 2)``
     ``eliminate_redundant_transposes`` then cancels these against HF's own transposes.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    uses = (CANONICAL_ROPE,)
+    provides = (ROPE_LAYOUT,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
+from ...facts import CANONICAL_ROPE, EXPORTED_GRAPH
 from ...graph_utils import is_op
+from ...interface import Stages
 from ...pattern import (
     Match,
     PatternSet,
@@ -255,6 +257,10 @@ class MatchRopePattern(PatternMatcherTransform):
     are paired by the attention op they feed (else by graph order); a lone rotated tensor gets
     the op with itself as both inputs.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    provides = (CANONICAL_ROPE,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

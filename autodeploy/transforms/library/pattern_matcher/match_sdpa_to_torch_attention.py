@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH
 from ...graph_utils import find_nodes
-from ...interface import TransformConfig
+from ...interface import Stages, TransformConfig
 from ...pattern import bound_args, insert_replacement
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, info_for
@@ -34,6 +35,10 @@ class MatchSdpaToTorchAttention(PatternMatcherTransform):
     A mask is taken to be the causal mask of a decoder and dropped (HF materializes it while
     tracing), unless ``keep_attn_mask``; ``is_causal`` without a mask is kept as it is.
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    provides = (CANONICAL_ATTENTION,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

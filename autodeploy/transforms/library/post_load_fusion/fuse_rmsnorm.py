@@ -9,8 +9,9 @@ from pydantic import Field, field_validator
 
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import CANONICAL_RMSNORM, EXPORTED_GRAPH, INPUTS_ON_DEVICE, WEIGHTS_LOADED
 from ...graph_utils import find_nodes, node_val
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._backends import (
     UNCHANGED,
@@ -61,6 +62,11 @@ class FuseRMSNorm(BaseTransform):
     reference op.
     ``backend: torch`` leaves the graph as it is.
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (CANONICAL_RMSNORM, INPUTS_ON_DEVICE)
+    failure_hint = "Set `backend: torch` to keep the reference op."
 
     config: FuseRMSNormConfig
 

@@ -8,8 +8,9 @@ from torch.fx import GraphModule, Node
 from .... import custom_ops  # noqa: F401  (registers torch_gather_last_tokens)
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
+from ...facts import CACHE_INTERFACE, EXPORTED_GRAPH, INPUTS_ON_DEVICE
 from ...graph_utils import add_graph_input, is_op
-from ...interface import SharedConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...pattern import propagate_meta
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED
@@ -70,6 +71,10 @@ class GatherLogitsBeforeLmHead(BaseTransform):
     Off by default: the runtime's ``cm.info.gather_last_logits`` must first accept logits with
     one row per sequence (today it expects one row per token).
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE)
+    uses = (INPUTS_ON_DEVICE,)
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         if cm is None:

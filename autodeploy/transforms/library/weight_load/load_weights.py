@@ -9,8 +9,9 @@ from ....export import set_graph_device
 from ....utils.errors import ConfigError
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH, MODEL_BUILT, MODEL_FACTORY, WEIGHTS_LOADED, WEIGHTS_SHARDED
 from ...graph_utils import named_graphmodules
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -30,6 +31,17 @@ class LoadWeights(BaseTransform):
     after:  parameters real on the run device (sharding load hooks fired); every recorded
             ``device=`` argument names the run device
     """
+
+    stage = Stages.WEIGHT_LOAD
+    requires = (MODEL_FACTORY, MODEL_BUILT)
+    uses = (EXPORTED_GRAPH, WEIGHTS_SHARDED)
+    provides = (WEIGHTS_LOADED,)
+    optional = False
+    failure_hint = (
+        "Check the checkpoint in the model directory (a truncated or corrupt *.safetensors "
+        "file, or an index naming a missing shard: download it again), or set "
+        "`skip_loading_weights: true` to build with random weights."
+    )
 
     config: LoadWeightsConfig
 
