@@ -72,7 +72,3 @@ class TritonKernel:
 
             self._interpreted = InterpretedFunction(self.fn)
         return self._interpreted[grid]
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()

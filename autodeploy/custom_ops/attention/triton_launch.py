@@ -45,6 +45,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ...utils.powers_of_two import next_power_of_2
+
 MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_DECODE_SPLITS = 64
@@ -139,10 +141,6 @@ def decode_num_splits(
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(x - 1, 0).bit_length()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +239,7 @@ def triton_paged_attention(
     num_kv_heads = k.shape[2]
     page_size = kv_cache.shape[3]
     group = num_heads // num_kv_heads
-    block_d = max(16, _next_pow2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     on_gpu = q.device.type == "cuda"
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     dot_precision = "ieee" if kv_cache.dtype == torch.float32 else "tf32"
@@ -273,7 +271,7 @@ def triton_paged_attention(
     #    pages, then attend
     if num_prefill:
         max_new_tokens = num_prefill_tokens - (num_prefill - 1)  # the others have >= 1 each
-        heads_pad = _next_pow2(num_kv_heads)
+        heads_pad = next_power_of_2(num_kv_heads)
         block_t = min(max(8192 // (heads_pad * block_d), 1), 64) if on_gpu else 16
         kernels.append.kv_append_kernel[(num_prefill, _cdiv(max_new_tokens, block_t))](
             k3,
@@ -296,7 +294,7 @@ def triton_paged_attention(
             BLOCK_T=block_t,
             num_warps=4 if on_gpu else 1,
         )
-        group_pad = _next_pow2(group)
+        group_pad = next_power_of_2(group)
         cfg = _prefill_config(block_d, kv_cache.dtype, on_gpu, num_prefill_tokens // num_prefill)
         block_q = max(cfg.block_m // group_pad, 1)
         block_q = max(block_q, _cdiv(16, group_pad))  # tl.dot needs >= 16 rows
@@ -373,7 +371,7 @@ def triton_paged_attention(
             num_heads=num_heads,
             num_splits=num_splits,
             GROUP=group,
-            GROUP_PAD=max(cfg.block_m, _next_pow2(group)),
+            GROUP_PAD=max(cfg.block_m, next_power_of_2(group)),
             PAGE_SIZE=page_size,
             HEAD_DIM=head_dim,
             BLOCK_D=block_d,
@@ -395,7 +393,7 @@ def triton_paged_attention(
                 out.stride(1),
                 num_heads,
                 num_splits,
-                SPLITS_PAD=_next_pow2(num_splits),
+                SPLITS_PAD=next_power_of_2(num_splits),
                 HEAD_DIM=head_dim,
                 BLOCK_D=block_d,
                 HAS_SINKS=sinks is not None,

@@ -23,7 +23,8 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from .._triton_kernel import SUM_COMBINE, TritonKernel, next_power_of_2
+from ...utils.powers_of_two import next_power_of_2
+from .._triton_kernel import SUM_COMBINE, TritonKernel
 
 MAX_HIDDEN = 16384
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -31,7 +31,8 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from .._triton_kernel import TritonKernel, next_power_of_2
+from ...utils.powers_of_two import next_power_of_2
+from .._triton_kernel import TritonKernel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -1,0 +1,13 @@
+"""Powers of two: kernel block sizes and the default CUDA-graph batch sizes."""
+
+from __future__ import annotations
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def powers_of_two_below(limit: int) -> list[int]:
+    """1, 2, 4, ... while smaller than ``limit`` (empty for ``limit <= 1``)."""
+    return [1 << exponent for exponent in range(max(0, int(limit) - 1).bit_length())]
