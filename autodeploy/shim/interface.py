@@ -38,7 +38,7 @@ import torch
 
 from ..utils.errors import CapacityError, ConfigError
 from ..utils.logger import logger
-from .resources import PagedKVResourceHandler, ResourceHandler
+from .resources import ResourceHandler
 from .sequence_info import SequenceInfo
 
 if TYPE_CHECKING:
@@ -131,11 +131,12 @@ class CachedSequenceInterface:
     @property
     def bytes_per_page(self) -> int:
         """Bytes one page takes over all paged caches together (0 without paged caches)."""
-        return sum(
-            h.bytes_per_page(self.page_size)
-            for h in self._resources.values()
-            if isinstance(h, PagedKVResourceHandler)
-        )
+        return sum(h.bytes_per_page(self.page_size) for h in self.paged_resources.values())
+
+    @property
+    def bytes_per_slot(self) -> int:
+        """Bytes one state slot takes over all per-slot caches together."""
+        return sum(h.bytes_per_slot() for h in self._resources.values())
 
     @property
     def num_pages(self) -> int | None:

@@ -322,7 +322,7 @@ def test_descriptor_registration_and_checks():
     backend = AttentionRegistry.get("triton")
     assert backend.get_cached_attention_op() is torch.ops.auto_deploy.triton_attention_with_cache
     backend.check_supported(_attention_node(sliding_window=8, logit_cap=30.0))
-    with pytest.raises(UnsupportedAttentionError, match="head_dim 512"):
+    with pytest.raises(UnsupportedAttentionError, match="head_dim=512 > 256"):
         backend.check_supported(_attention_node(head_dim=512))
     with pytest.raises(UnsupportedAttentionError, match="sliding_window=0"):
         backend.check_supported(_attention_node(sliding_window=0))

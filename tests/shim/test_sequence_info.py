@@ -252,7 +252,7 @@ def test_derived_limits():
 def test_cuda_buffers_one_copy_and_pinned_host():
     info = make_info(device="cuda")
     activate_all(info)
-    assert info._host_buf.is_pinned()
+    assert info._buffer.host_buf.is_pinned()
     info.nest_sequences([[1, 2, 3], [4]], [0, 5], [[1], [2, 3]])
     args = info.named_args
     assert args["input_ids"].is_cuda and args["cache_loc"].is_cuda

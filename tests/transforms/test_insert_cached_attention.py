@@ -16,8 +16,13 @@ from tiny_models import save_tiny
 
 from autodeploy.config import LlmArgs
 from autodeploy.config.layers import DEFAULT_YAML_PATH
-from autodeploy.custom_ops.attention.descriptor import AttentionRegistry, UnsupportedAttentionError
+from autodeploy.custom_ops.attention.descriptor import (
+    ATTENTION_CONVENTION,
+    AttentionRegistry,
+    UnsupportedAttentionError,
+)
 from autodeploy.custom_ops.attention.torch_cached_backend import TorchCachedAttention
+from autodeploy.custom_ops.cached_op import register_convention_fake
 from autodeploy.models import ModelFactoryRegistry
 from autodeploy.transforms import InferenceOptimizer, TransformRegistry
 from autodeploy.transforms.graph_utils import count_ops, placeholders
@@ -171,9 +176,7 @@ def _cached_with_extra(
     )
 
 
-@_cached_with_extra.register_fake
-def _cached_with_extra_fake(q, *args):
-    return torch.empty_like(q)
+register_convention_fake(_cached_with_extra, ATTENTION_CONVENTION)
 
 
 HOST_CALLS = []
@@ -181,8 +184,11 @@ HOST_CALLS = []
 
 @AttentionRegistry.register("_test_with_prepare")
 class _WithPrepare(TorchCachedAttention):
+    prepared_args = ("end_pos", "doubled")
+    auto_priority = {}  # by name only
+
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.autodeploy_test.cached_with_extra
 
     @classmethod

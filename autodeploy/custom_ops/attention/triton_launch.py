@@ -46,10 +46,14 @@ import torch
 from torch import Tensor
 
 from ...utils.powers_of_two import next_power_of_2
+from .attention_checks import AttentionLimits, check_attention_inputs
 
-MAX_HEAD_DIM = 256
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# What the kernels accept: checked at build time (the descriptor) and per call (the op).
+TRITON_ATTENTION_LIMITS = AttentionLimits(
+    dtypes=(torch.float16, torch.bfloat16, torch.float32), max_head_dim=256
+)
 MAX_DECODE_SPLITS = 64
+_OP = "triton_attention_with_cache"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,64 +148,6 @@ def _cdiv(a: int, b: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# validation (host-only, cheap)
-# ----------------------------------------------------------------------------------------------
-def check_attention_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kv_cache: Tensor,
-    sliding_window: int | None,
-    logit_cap: float | None,
-    sinks: Tensor | None,
-) -> None:
-    """Raise ``ValueError`` for anything the Triton kernels do not handle."""
-    where = "triton_attention_with_cache"
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"{where}: q/k/v must be [b, s, heads, head_dim] (bsnd), got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
-        )
-    num_heads, head_dim = q.shape[2], q.shape[3]
-    num_kv_heads = k.shape[2]
-    if kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
-        raise ValueError(
-            f"{where}: kv_cache must be [num_pages, 2, num_kv_heads, page_size, "
-            f"head_dim], got {tuple(kv_cache.shape)}."
-        )
-    if (
-        tuple(kv_cache.shape[2:5:2]) != (num_kv_heads, head_dim)
-        or tuple(v.shape[2:]) != (num_kv_heads, head_dim)
-        or k.shape[3] != head_dim
-    ):
-        raise ValueError(
-            f"{where}: kv_cache {tuple(kv_cache.shape)}, k {tuple(k.shape)} and v "
-            f"{tuple(v.shape)} disagree on num_kv_heads / head_dim."
-        )
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(
-            f"{where}: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}."
-        )
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"{where}: head_dim={head_dim} > {MAX_HEAD_DIM} is not supported; use "
-            f"the torch backend."
-        )
-    for name, t in (("q", q), ("k", k), ("v", v), ("kv_cache", kv_cache)):
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{where}: {name} has dtype {t.dtype}; supported: fp16, bf16, fp32.")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"{where}: sliding_window must be >= 1 (or None), got {sliding_window}.")
-    if logit_cap is not None and logit_cap <= 0:
-        raise ValueError(f"{where}: logit_cap must be > 0 (or None), got {logit_cap}.")
-    if sinks is not None and sinks.numel() != num_heads:
-        raise ValueError(
-            f"{where}: sinks must have one value per query head ({num_heads}), got "
-            f"shape {tuple(sinks.shape)}."
-        )
-
-
-# ----------------------------------------------------------------------------------------------
 # the launcher
 # ----------------------------------------------------------------------------------------------
 def _tokens_view(x: Tensor) -> Tensor:
@@ -227,11 +173,13 @@ def triton_paged_attention(
     num_splits: int | None = None,
 ) -> Tensor:
     """The op's implementation; ``num_splits`` overrides the decode split heuristic (tests)."""
-    check_attention_inputs(q, k, v, kv_cache, sliding_window, logit_cap, sinks)
+    check_attention_inputs(
+        _OP, TRITON_ATTENTION_LIMITS, q, k, v, kv_cache, sliding_window, logit_cap, sinks
+    )
     if q.device.type != "cuda":
         problem = cpu_interpreter_problem()
         if problem is not None:
-            raise RuntimeError(f"triton_attention_with_cache on {q.device}: {problem}.")
+            raise RuntimeError(f"{_OP} on {q.device}: {problem}.")
     kernels = _kernels()
     num_prefill, num_prefill_tokens, num_decode = (int(x) for x in batch_info_host.tolist())
     num_seqs = num_prefill + num_decode
@@ -255,7 +203,7 @@ def triton_paged_attention(
 
     cache_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3))
     if kv_cache.stride(4) != 1:
-        raise ValueError("triton_attention_with_cache: kv_cache's head_dim must be contiguous.")
+        raise ValueError(f"{_OP}: kv_cache's head_dim must be contiguous.")
     common = dict(  # noqa: C408
         scale=scale,
         logit_cap=float(logit_cap or 0.0),

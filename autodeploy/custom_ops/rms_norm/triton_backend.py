@@ -25,9 +25,7 @@ from torch import Tensor
 
 from ...utils.powers_of_two import next_power_of_2
 from .._triton_kernel import SUM_COMBINE, TritonKernel
-
-MAX_HIDDEN = 16384
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .backends import TRITON_DTYPES, TRITON_MAX_HIDDEN, rmsnorm_input_problem
 
 
 def _rmsnorm_rows(
@@ -72,10 +70,9 @@ def _as_rows(x: Tensor, hidden: int) -> Tensor:
 
 def _check(name: str, x: Tensor, weight: Tensor) -> int:
     hidden = x.shape[-1]
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{name}: dtype {x.dtype} is not supported (float16, bfloat16, float32).")
-    if hidden > MAX_HIDDEN:
-        raise ValueError(f"{name}: hidden size {hidden} > {MAX_HIDDEN}; use the torch backend.")
+    problem = rmsnorm_input_problem(x, TRITON_DTYPES, TRITON_MAX_HIDDEN)
+    if problem is not None:
+        raise ValueError(f"{name}: {problem}; use the torch backend.")
     if weight.shape != (hidden,):
         raise ValueError(f"{name}: weight has shape {tuple(weight.shape)}, expected ({hidden},).")
     if weight.device != x.device:
