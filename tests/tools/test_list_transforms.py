@@ -27,6 +27,12 @@ def test_lists_every_registered_transform_with_its_docs():
     assert "before:" in export["details"] and "after:" in export["details"]
     assert {f["name"] for f in export["fields"]} >= {"strict", "patches"}
     assert all(e["summary"] for e in entries.values()), "every transform needs a docstring"
+    cached = entries["insert_cached_attention"]
+    assert cached["stage"] == "cache_init" and cached["optional"] is False
+    assert "weights loaded" in cached["requires"] and cached["provides"] == [
+        "cache resources registered"
+    ]
+    assert entries["compile_model"]["invalidates"] == ["exported graph"]
 
 
 def test_text_output_and_unknown_name():
@@ -35,5 +41,6 @@ def test_text_output_and_unknown_name():
     assert (
         "export_to_gm  [stage: export]" in result.stdout and "strict: bool = False" in result.stdout
     )
+    assert "requires: model built; provides: exported graph" in result.stdout
     bad = run("export_to_g")
     assert bad.returncode == 2 and "Did you mean 'export_to_gm'" in bad.stderr
