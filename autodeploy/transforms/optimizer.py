@@ -38,8 +38,10 @@ class InferenceOptimizer:
     """Runs the configured transforms: ``gm = InferenceOptimizer(factory, cfg)(cm)``.
 
     ``config`` maps transform names to their settings (dicts or ``TransformConfig``s). The whole
-    mapping is validated before anything runs. Transforms run ordered by stage; within a stage in
-    the mapping's order (a stable sort). The result's ``meta['_autodeploy']`` holds the history.
+    mapping is validated before anything runs: every transform's settings, its declared stage
+    and the facts the pipeline's transforms require and provide (``registry.validate_pipeline``).
+    Transforms run ordered by stage; within a stage in the mapping's order (a stable sort). The
+    result's ``meta['_autodeploy']`` holds the history.
     """
 
     def __init__(

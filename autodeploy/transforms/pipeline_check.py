@@ -41,78 +41,84 @@ class PipelineStep:
 
 def check_facts(steps: Sequence[PipelineStep], given: Collection[Fact]) -> list[str]:
     """Every violation of the rules in the module docstring, one line each."""
-    providers: dict[Fact, list[int]] = {}
-    for index, step in enumerate(steps):
-        for fact in step.transform.provides:
-            providers.setdefault(fact, []).append(index)
-    holds: dict[Fact, int] = {}  # fact -> index of the step that provided it (-1: the input)
-    for step in steps:
-        for fact in (*step.transform.requires, *step.transform.uses):
-            if not fact.is_input and fact not in providers:
-                holds[fact] = -1
-    invalidated: dict[Fact, int] = {}
-    lines: list[str] = []
-    for index, step in enumerate(steps):
-        if not step.enabled:
-            continue
-        for fact in step.transform.requires:
-            lines += _check_one(steps, index, fact, True, providers, holds, invalidated, given)
-        for fact in step.transform.uses:
-            lines += _check_one(steps, index, fact, False, providers, holds, invalidated, given)
-        for fact in step.transform.invalidates:
-            holds.pop(fact, None)
-            invalidated[fact] = index
-        for fact in step.transform.provides:
-            holds[fact] = index
-            invalidated.pop(fact, None)
-    return lines
+    return _FactWalk(steps, given).run()
 
 
-def _check_one(
-    steps: Sequence[PipelineStep],
-    index: int,
-    fact: Fact,
-    required: bool,
-    providers: dict[Fact, list[int]],
-    holds: dict[Fact, int],
-    invalidated: dict[Fact, int],
-    given: Collection[Fact],
-) -> list[str]:
-    step = steps[index]
-    head = f"transforms.{step.name}: {step.where()}"
-    verb = "requires" if required else "uses"
-    if fact.is_input:
-        if required and fact not in given:
-            return [f"{head} needs a {fact.name} ({fact.meaning}): {fact.how_to_supply}."]
-        return []
-    later = [steps[j] for j in providers.get(fact, []) if j > index and steps[j].enabled]
-    if later:
-        other = later[0]
-        order = (
-            f"list {other.name} before {step.name} in the YAML"
-            if other.stage == step.stage
-            else f"{step.name} belongs in a stage after {other.stage.value}"
-        )
+class _FactWalk:
+    """Walks the steps in run order, tracking which facts hold and which were invalidated."""
+
+    def __init__(self, steps: Sequence[PipelineStep], given: Collection[Fact]):
+        self.steps = steps
+        self.given = given
+        self.providers: dict[Fact, list[int]] = {}  # fact -> every step providing it
+        for index, step in enumerate(steps):
+            for fact in step.transform.provides:
+                self.providers.setdefault(fact, []).append(index)
+        self.holds: set[Fact] = {  # facts no step provides: the caller's module has them
+            fact
+            for step in steps
+            for fact in (*step.transform.requires, *step.transform.uses)
+            if not fact.is_input and fact not in self.providers
+        }
+        self.invalidated_by: dict[Fact, int] = {}
+
+    def run(self) -> list[str]:
+        lines: list[str] = []
+        for index, step in enumerate(self.steps):
+            if not step.enabled:
+                continue
+            for fact in step.transform.requires:
+                lines += self._check(index, fact, required=True)
+            for fact in step.transform.uses:
+                lines += self._check(index, fact, required=False)
+            for fact in step.transform.invalidates:
+                self.holds.discard(fact)
+                self.invalidated_by[fact] = index
+            for fact in step.transform.provides:
+                self.holds.add(fact)
+                self.invalidated_by.pop(fact, None)
+        return lines
+
+    def _check(self, index: int, fact: Fact, required: bool) -> list[str]:
+        step = self.steps[index]
+        head = f"transforms.{step.name}: {step.where()}"
+        verb = "requires" if required else "uses"
+        if fact.is_input:
+            if required and fact not in self.given:
+                return [f"{head} needs a {fact.name} ({fact.meaning}): {fact.how_to_supply}."]
+            return []
+        indices = self.providers.get(fact, [])
+        later = [self.steps[j] for j in indices if j > index and self.steps[j].enabled]
+        if later:
+            other = later[0]
+            order = (
+                f"list {other.name} before {step.name} in the YAML"
+                if other.stage == step.stage
+                else f"{step.name} belongs in a stage after {other.stage.value}"
+            )
+            return [
+                f"{head} {verb} {fact} ({fact.meaning}), which {other.where()} provides, but "
+                f"{other.name} runs after {step.name}. {step.name} must run after "
+                f"{other.name}: {order}."
+            ]
+        if fact in self.holds:
+            return []
+        if fact in self.invalidated_by:
+            culprit = self.steps[self.invalidated_by[fact]]
+            return [
+                f"{head} {verb} {fact} ({fact.meaning}), but {culprit.where()} invalidates it "
+                f"earlier. {step.name} must run before {culprit.name}."
+            ]
+        if not required:
+            return []
+        # Not held, not invalidated, no enabled provider before it: the others are disabled.
+        disabled = [self.steps[j].name for j in self.providers[fact] if j != index]
+        if not disabled:  # it provides the fact itself (a refinement): the input must have it
+            return []
+        one = len(disabled) == 1
         return [
-            f"{head} {verb} {fact} ({fact.meaning}), which {other.where()} provides, but "
-            f"{other.name} runs after {step.name}. {step.name} must run after {other.name}: "
-            f"{order}."
+            f"{head} requires {fact} ({fact.meaning}), which only {', '.join(disabled)} "
+            f"provide{'s' if one else ''}, and {'it is' if one else 'they are'} disabled (a "
+            f"disabled transform provides nothing). Enable {disabled[0]}, or disable "
+            f"{step.name} too."
         ]
-    if fact in holds:
-        return []
-    if fact in invalidated:
-        culprit = steps[invalidated[fact]]
-        return [
-            f"{head} {verb} {fact} ({fact.meaning}), but {culprit.where()} invalidates it "
-            f"earlier. {step.name} must run before {culprit.name}."
-        ]
-    if not required:
-        return []
-    # Not held, not invalidated, no enabled provider: every provider listed is disabled.
-    disabled = [steps[j].name for j in providers[fact]]
-    one = len(disabled) == 1
-    return [
-        f"{head} requires {fact} ({fact.meaning}), which only {', '.join(disabled)} "
-        f"provide{'s' if one else ''}, and {'it is' if one else 'they are'} disabled (a disabled "
-        f"transform provides nothing). Enable {disabled[0]}, or disable {step.name} too."
-    ]

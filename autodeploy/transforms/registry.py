@@ -68,7 +68,9 @@ def validate_pipeline(
     return ordered
 
 
-def _parse(transforms: Mapping[str, Any], where: str) -> tuple[dict[str, TransformConfig], list]:
+def _parse(
+    transforms: Mapping[str, Any], where: str
+) -> tuple[dict[str, TransformConfig], list[str]]:
     """Every entry that validates (with the stage the YAML asks for) and every problem found."""
     parsed: dict[str, TransformConfig] = {}
     errors: list[str] = []

@@ -38,6 +38,7 @@ _declare("_pc_hello", provides=(GREETING,))
 _declare("_pc_needs_hello", requires=(GREETING,))
 _declare("_pc_likes_hello", uses=(GREETING,))
 _declare("_pc_forget", invalidates=(GREETING,))
+_declare("_pc_refine_hello", requires=(GREETING,), provides=(GREETING,))
 _declare("_pc_graph_pass", requires=(EXPORTED_GRAPH,))
 _declare("_pc_needs_cm", requires=(CACHE_INTERFACE,))
 _declare("_pc_declared_stage", stage=Stages.POST_EXPORT)
@@ -97,6 +98,20 @@ def test_used_facts_order_the_pipeline_but_may_be_missing():
     )
     with pytest.raises(ConfigError, match="_pc_likes_hello .* uses 'greeting'.*runs after"):
         _check({"_pc_likes_hello": {"stage": "export"}, "_pc_hello": {"stage": "compile"}})
+
+
+def test_a_transform_that_refines_a_fact_needs_it_from_an_earlier_provider_or_the_input():
+    _check({"_pc_refine_hello": {"stage": "export"}})  # only it provides it: from the input
+    _check({"_pc_hello": {"stage": "export"}, "_pc_refine_hello": {"stage": "compile"}})
+    with pytest.raises(ConfigError, match="_pc_refine_hello must run after _pc_hello"):
+        _check({"_pc_refine_hello": {"stage": "export"}, "_pc_hello": {"stage": "compile"}})
+    with pytest.raises(ConfigError, match="which only _pc_hello provides, and it is disabled"):
+        _check(
+            {
+                "_pc_hello": {"stage": "export", "enabled": False},
+                "_pc_refine_hello": {"stage": "compile"},
+            }
+        )
 
 
 def test_an_invalidated_fact_names_the_transform_that_destroyed_it():
