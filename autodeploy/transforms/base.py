@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 import torch.nn as nn
 from torch.fx import GraphModule
 
+from ..utils.errors import BuildError, ConfigError
 from ..utils.logger import logger
-from .facts import Fact
+from .facts import CACHE_INTERFACE, MODEL_FACTORY, Fact
 from .graph_utils import canonicalize_graph, run_shape_prop
 from .interface import BuildProblem, SharedConfig, Stages, TransformConfig, TransformInfo
 
@@ -90,6 +91,10 @@ class BaseTransform(ABC):
         last_info: TransformInfo,
     ) -> tuple[nn.Module, TransformInfo]:
         """Run pre-cleanup, the transform and post-cleanup, each only where it is needed."""
+        supplied = {CACHE_INTERFACE: cm, MODEL_FACTORY: factory}
+        for fact in self.requires:  # the optimizer checks this before the build; direct calls here
+            if supplied.get(fact, True) is None:
+                raise ConfigError(fact.missing(self.name))
         cfg = self.config
         is_graph = isinstance(mod, GraphModule)
         if is_graph:
@@ -136,8 +141,6 @@ class BaseTransform(ABC):
 
     def report_problem(self, shared_config: SharedConfig, message: str) -> None:
         """Record something the end-of-build summary must show (an error in strict mode)."""
-        from ..utils.errors import BuildError
-
         problem = BuildProblem(transform=self.name, stage=self.config.stage.value, message=message)
         if shared_config.strict:
             raise BuildError(

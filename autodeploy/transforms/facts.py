@@ -37,6 +37,10 @@ class Fact:
     def __str__(self) -> str:
         return repr(self.name)
 
+    def missing(self, who: str) -> str:
+        """The error text when input fact ``self`` was not supplied to ``who``."""
+        return f"{who} needs a {self.name} ({self.meaning}): {self.how_to_supply}."
+
 
 # ---- input facts: given by the caller ------------------------------------------------------
 MODEL_FACTORY = Fact(

@@ -85,7 +85,7 @@ class _FactWalk:
         verb = "requires" if required else "uses"
         if fact.is_input:
             if required and fact not in self.given:
-                return [f"{head} needs a {fact.name} ({fact.meaning}): {fact.how_to_supply}."]
+                return [fact.missing(head)]
             return []
         indices = self.providers.get(fact, [])
         later = [self.steps[j] for j in indices if j > index and self.steps[j].enabled]

@@ -196,6 +196,17 @@ def test_missing_inputs_fail_before_anything_runs():
     assert RAN == ["_pc_hello", "_pc_needs_cm"]
 
 
+def test_a_transform_called_directly_checks_its_inputs_too():
+    from autodeploy.transforms import SharedConfig
+
+    initialize = Registry.get("initialize_cache").from_kwargs()
+    with pytest.raises(ConfigError, match="initialize_cache needs a cache interface"):
+        initialize(nn.Module(), None, None, SharedConfig(), TransformInfo())
+    build = Registry.get("build_model").from_kwargs()
+    with pytest.raises(ConfigError, match="build_model needs a model factory"):
+        build(nn.Module(), None, None, SharedConfig(), TransformInfo())
+
+
 def test_check_facts_reports_every_problem_at_once():
     steps = [
         PipelineStep("a", Registry.get("_pc_needs_hello"), Stages.EXPORT, True),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
 from ...facts import CACHE_INTERFACE, CACHE_RESOURCES, CACHES_ALLOCATED, INPUTS_ON_DEVICE
 from ...interface import SharedConfig, Stages, TransformInfo
@@ -29,8 +28,6 @@ class InitializeCache(BaseTransform):
     )
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError("initialize_cache needs a CachedSequenceInterface.")
         allocated = cm.initialize_resources()
         return gm, TransformInfo(
             skipped=allocated == 0, num_matches=allocated, is_clean=True, has_valid_shapes=True

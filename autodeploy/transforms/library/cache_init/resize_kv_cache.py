@@ -32,8 +32,6 @@ class ResizeKVCache(BaseTransform):
     )
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError("resize_kv_cache needs a CachedSequenceInterface.")
         unchanged = TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         if not cm.needs_resize():
             reason = (

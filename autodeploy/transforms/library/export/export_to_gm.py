@@ -5,9 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from ....export import torch_export_to_gm
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, MODEL_BUILT
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, MODEL_BUILT, MODEL_FACTORY
 from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
@@ -30,7 +29,7 @@ class ExportToGM(BaseTransform):
     """
 
     stage = Stages.EXPORT
-    requires = (MODEL_BUILT,)
+    requires = (MODEL_FACTORY, MODEL_BUILT)  # the factory gives the example inputs
     provides = (EXPORTED_GRAPH, CANONICAL_ATTENTION)
     optional = False
     failure_hint = (
@@ -46,8 +45,6 @@ class ExportToGM(BaseTransform):
         return ExportToGMConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if factory is None:
-            raise ConfigError("export_to_gm needs a model factory for example inputs.")
         exported = torch_export_to_gm(
             gm,
             factory.get_example_inputs(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
 from ...facts import MODEL_BUILT, MODEL_FACTORY
 from ...interface import SharedConfig, Stages, TransformInfo
@@ -29,10 +28,5 @@ class BuildModel(BaseTransform):
     )
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if factory is None:
-            raise ConfigError(
-                "build_model needs a model factory; pass one to InferenceOptimizer(factory, cfg) "
-                "or disable build_model and pass the module to optimizer(cm, mod)."
-            )
         model: nn.Module = factory.build_model(device="meta")
         return model, TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True)

@@ -6,7 +6,6 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .... import custom_ops  # noqa: F401  (registers torch_gather_last_tokens)
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
 from ...facts import CACHE_INTERFACE, EXPORTED_GRAPH, INPUTS_ON_DEVICE
 from ...graph_utils import add_graph_input, is_op
@@ -77,11 +76,6 @@ class GatherLogitsBeforeLmHead(BaseTransform):
     uses = (INPUTS_ON_DEVICE,)
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError(
-                "gather_logits_before_lm_head needs a CachedSequenceInterface (its cu_seqlen "
-                "says where each sequence ends): call InferenceOptimizer(factory, cfg)(cm)."
-            )
         if not isinstance(gm, GraphModule):
             return gm, UNCHANGED
         if any(is_op(n, ad.torch_gather_last_tokens) for n in gm.graph.nodes):

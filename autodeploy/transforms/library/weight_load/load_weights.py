@@ -6,7 +6,6 @@ import torch
 from pydantic import Field
 
 from ....export import set_graph_device
-from ....utils.errors import ConfigError
 from ....utils.logger import logger
 from ...base import BaseTransform
 from ...facts import EXPORTED_GRAPH, MODEL_BUILT, MODEL_FACTORY, WEIGHTS_LOADED, WEIGHTS_SHARDED
@@ -50,8 +49,6 @@ class LoadWeights(BaseTransform):
         return LoadWeightsConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if factory is None:
-            raise ConfigError("load_weights needs the model factory (it knows the checkpoint).")
         device = torch.device(self.config.device or (cm.device if cm is not None else "cpu"))
         factory.load_or_random_init(gm, device)
         changed = sum(set_graph_device(sub, device) for _, sub in named_graphmodules(gm))
