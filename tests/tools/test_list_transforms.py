@@ -41,6 +41,6 @@ def test_text_output_and_unknown_name():
     assert (
         "export_to_gm  [stage: export]" in result.stdout and "strict: bool = False" in result.stdout
     )
-    assert "requires: model built; provides: exported graph" in result.stdout
+    assert "requires: model factory, model built; provides: exported graph" in result.stdout
     bad = run("export_to_g")
     assert bad.returncode == 2 and "Did you mean 'export_to_gm'" in bad.stderr

@@ -6,9 +6,8 @@ import operator
 
 from torch.fx import GraphModule, Node
 
-from ...facts import ATTENTION_LAYOUT, EXPORTED_GRAPH, ROPE_LAYOUT
+from ...facts import ATTENTION_LAYOUT, ROPE_LAYOUT
 from ...graph_utils import find_nodes, is_op
-from ...interface import Stages
 from ...pattern import bound_args, propagate_meta, strip_noise
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, aten, info_for
@@ -86,8 +85,6 @@ class EliminateRedundantTransposes(PatternMatcherTransform):
     neither does a chunk/split along another dim (``transpose(chunk(transpose(x))[i])``).
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     uses = (ATTENTION_LAYOUT, ROPE_LAYOUT)
 
     def _apply(self, gm, cm, factory, shared_config):

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from ...facts import ATTENTION_LAYOUT, CANONICAL_ATTENTION, EXPORTED_GRAPH
+from ...facts import ATTENTION_LAYOUT, CANONICAL_ATTENTION
 from ...graph_utils import find_nodes
-from ...interface import Stages, TransformConfig
+from ...interface import TransformConfig
 from ...pattern import bound_args, insert_replacement
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, info_for
@@ -49,8 +49,6 @@ class MatchAttentionLayout(PatternMatcherTransform):
     ``eliminate_redundant_transposes`` then cancels these against HF's own transposes.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     uses = (CANONICAL_ATTENTION,)
     provides = (ATTENTION_LAYOUT,)
 

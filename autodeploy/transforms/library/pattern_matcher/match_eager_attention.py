@@ -7,8 +7,8 @@ import functools
 import torch
 from pydantic import Field
 
-from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH
-from ...interface import Stages, TransformConfig
+from ...facts import CANONICAL_ATTENTION
+from ...interface import TransformConfig
 from ...pattern import PatternSet, replace_match
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs, info_for
@@ -92,8 +92,6 @@ class MatchEagerAttention(PatternMatcherTransform):
     is_causal=False). A mask is taken to be causal and dropped, unless ``keep_attn_mask``.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (CANONICAL_ATTENTION,)
 
     @classmethod

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, REPEAT_KV_OP
+from ...facts import CANONICAL_ATTENTION, REPEAT_KV_OP
 from ...graph_utils import find_nodes, is_op
-from ...interface import Stages
 from ...pattern import bound_args, strip_noise
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, info_for
@@ -19,8 +18,6 @@ class MatchGroupedAttention(PatternMatcherTransform):
     Both key and value must be repeated by the same factor; the repeats die with their last use.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     uses = (CANONICAL_ATTENTION, REPEAT_KV_OP)
 
     def _apply(self, gm, cm, factory, shared_config):

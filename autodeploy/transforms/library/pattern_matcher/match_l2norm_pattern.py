@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...facts import CANONICAL_L2NORM, EXPORTED_GRAPH
-from ...interface import Stages
+from ...facts import CANONICAL_L2NORM
 from ...pattern import PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -40,8 +39,6 @@ class MatchL2NormPattern(PatternMatcherTransform):
     Also without the float32 upcast (``torch_l2norm`` always normalizes in float32).
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (CANONICAL_L2NORM,)
 
     @classmethod

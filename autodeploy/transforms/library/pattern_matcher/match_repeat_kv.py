@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...facts import EXPORTED_GRAPH, REPEAT_KV_OP
-from ...interface import Stages
+from ...facts import REPEAT_KV_OP
 from ...pattern import Match, PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -51,8 +50,6 @@ class MatchRepeatKV(PatternMatcherTransform):
     after:  ``y = auto_deploy.torch_attention_repeat_kv(x, n_rep)``
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (REPEAT_KV_OP,)
 
     @classmethod

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...facts import CANONICAL_RMSNORM, EXPORTED_GRAPH
-from ...interface import Stages
+from ...facts import CANONICAL_RMSNORM
 from ...pattern import Match, PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -74,8 +73,6 @@ class MatchRMSNormPattern(PatternMatcherTransform):
     weight); the gated norm ``norm(x * silu(gate)) * w`` -> ``torch_rmsnorm_gated``.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (CANONICAL_RMSNORM,)
 
     @classmethod

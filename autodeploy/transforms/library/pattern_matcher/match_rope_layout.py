@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from ...facts import CANONICAL_ROPE, EXPORTED_GRAPH, ROPE_LAYOUT
+from ...facts import CANONICAL_ROPE, ROPE_LAYOUT
 from ...graph_utils import find_nodes
-from ...interface import Stages, TransformConfig
+from ...interface import TransformConfig
 from ...pattern import bound_args, insert_replacement
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, info_for
@@ -44,8 +44,6 @@ class MatchRopeLayout(PatternMatcherTransform):
     ``eliminate_redundant_transposes`` then cancels these against HF's own transposes.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     uses = (CANONICAL_ROPE,)
     provides = (ROPE_LAYOUT,)
 

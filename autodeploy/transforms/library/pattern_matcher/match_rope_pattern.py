@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
-from ...facts import CANONICAL_ROPE, EXPORTED_GRAPH
+from ...facts import CANONICAL_ROPE
 from ...graph_utils import is_op
-from ...interface import Stages
 from ...pattern import (
     Match,
     PatternSet,
@@ -258,8 +257,6 @@ class MatchRopePattern(PatternMatcherTransform):
     the op with itself as both inputs.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (CANONICAL_ROPE,)
 
     @classmethod

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH
+from ...facts import CANONICAL_ATTENTION
 from ...graph_utils import find_nodes
-from ...interface import Stages, TransformConfig
+from ...interface import TransformConfig
 from ...pattern import bound_args, insert_replacement
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, info_for
@@ -36,8 +36,6 @@ class MatchSdpaToTorchAttention(PatternMatcherTransform):
     tracing), unless ``keep_attn_mask``; ``is_causal`` without a mask is kept as it is.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (CANONICAL_ATTENTION,)
 
     @classmethod

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...facts import CANONICAL_SWIGLU, EXPORTED_GRAPH
-from ...interface import Stages
+from ...facts import CANONICAL_SWIGLU
 from ...pattern import PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -57,8 +56,6 @@ class MatchSwiGLUPattern(PatternMatcherTransform):
     Off by default: sharding splits the plain linear ops.
     """
 
-    stage = Stages.PATTERN_MATCHER
-    requires = (EXPORTED_GRAPH,)
     provides = (CANONICAL_SWIGLU,)
 
     @classmethod
