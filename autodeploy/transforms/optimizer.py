@@ -144,7 +144,8 @@ class InferenceOptimizer:
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             where = f"Transform {transform.name!r} (stage {cfg.stage.value})"
-            dumped = self._dump_failure(record, exc)
+            places = self._dump_failure(record, exc)
+            dumped = _dump_note(places)
             if cfg.skip_on_error and not shared.strict:
                 record.status, record.error = "failed", message
                 record.info = TransformInfo(skipped=True)
@@ -163,25 +164,28 @@ class InferenceOptimizer:
                     f"{where} failed and strict mode does not allow skip_on_error: {message}"
                     f"{dumped}"
                 ) from exc
-            if isinstance(exc, AutoDeployError):
-                if dumped:
-                    logger.error("%s failed:%s", where, dumped)
+            if isinstance(exc, AutoDeployError):  # its message already says what to do
+                if places:
+                    logger.error("%s failed;%s", where, dumped)
                 raise
             raise TransformError(f"{where} failed: {message}.{remedy(transform)}{dumped}") from exc
         record.status = "ran"
         record.info = info
         return new_mod, info
 
-    def _dump_failure(self, record: TransformRecord, exc: BaseException) -> str:
-        """Let the instruments save what helps debug ``exc``; a sentence saying where, or ''."""
-        places = [
+    def _dump_failure(self, record: TransformRecord, exc: BaseException) -> list[str]:
+        """Let the instruments save what helps debug ``exc``; where they saved it."""
+        return [
             place
             for hook in self.instruments
             if (place := hook.on_failure(record, exc)) is not None
         ]
-        if not places:
-            return f" (Set {DUMP_DIR_ENV}=<dir> to save the graph before it and the configuration.)"
-        return " The graph before it and the resolved configuration: " + ", ".join(places) + "."
+
+
+def _dump_note(places: list[str]) -> str:
+    if not places:
+        return f" (Set {DUMP_DIR_ENV}=<dir> to save the graph before it and the configuration.)"
+    return " The graph before it and the resolved configuration: " + ", ".join(places) + "."
 
 
 def remedy(transform: BaseTransform) -> str:

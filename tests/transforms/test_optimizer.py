@@ -310,6 +310,22 @@ def test_a_failure_dumps_the_graph_before_it_and_the_configuration(gm, tmp_path)
     assert "_opt_required_fail" in (tmp_path / "dumps" / "config.yaml").read_text()
 
 
+def test_our_own_errors_pass_through_unchanged_but_still_leave_a_dump(gm, tmp_path):
+    @TransformRegistry.register("_opt_config_fail")
+    class _ConfigFail(BaseTransform):
+        """Raises an error of ours, which already says what to do."""
+
+        def _apply(self, g, cm, factory, shared_config):
+            raise ConfigError("set `frob: 2` instead")
+
+    dump = GraphDumpInstrument(tmp_path / "dumps")
+    config = {"_opt_config_fail": {"stage": "export"}}
+    with pytest.raises(ConfigError, match=r"^set `frob: 2` instead$"):
+        InferenceOptimizer(None, config, instruments=[dump])(None, gm)
+    text = (tmp_path / "dumps" / "001__opt_config_fail.FAILED.txt").read_text()
+    assert "# ConfigError: set `frob: 2` instead" in text and "relu" in text
+
+
 def test_a_corrupt_checkpoint_points_at_the_checkpoint_not_at_disabling_load_weights(tmp_path):
     from tiny_models import save_tiny
 
