@@ -9,6 +9,8 @@ from autodeploy.transforms import BaseTransform, InferenceOptimizer, Stages, Tra
 from autodeploy.transforms import TransformRegistry as Registry
 from autodeploy.transforms.facts import (
     CACHE_INTERFACE,
+    CACHE_RESOURCES,
+    CANONICAL_SSM,
     EXPORTED_GRAPH,
     SHARDING_PLAN,
     WEIGHTS_LOADED,
@@ -48,6 +50,13 @@ _declare(
     stage=Stages.SHARDING,
     requires=(EXPORTED_GRAPH,),
     provides=(SHARDING_PLAN,),
+)
+_declare(
+    "_pc_insert_cached_ssm",
+    stage=Stages.CACHE_INIT,
+    requires=(EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED, CANONICAL_SSM),
+    provides=(CACHE_RESOURCES,),
+    optional=False,
 )
 _declare(
     "_pc_shard_executor", requires=(SHARDING_PLAN,), provides=(WEIGHTS_SHARDED,), optional=False
@@ -156,6 +165,15 @@ def test_new_transforms_only_declare_facts_and_are_ordered_against_the_pipeline(
     without_plan = {**pipeline, "_pc_detect_sharding": {"enabled": False}}
     with pytest.raises(ConfigError, match="only _pc_detect_sharding provides, and it is disabled"):
         _check(without_plan)
+
+
+def test_a_second_cached_op_family_must_register_its_caches_before_allocation():
+    _check({"_pc_insert_cached_ssm": {}, "initialize_cache": {}})
+    with pytest.raises(ConfigError) as err:
+        _check({"initialize_cache": {}, "_pc_insert_cached_ssm": {}})
+    message = str(err.value)
+    assert "initialize_cache (stage cache_init) uses 'cache resources registered'" in message
+    assert "list _pc_insert_cached_ssm before initialize_cache in the YAML" in message
 
 
 def test_declared_stage_may_be_left_out_but_not_contradicted():
