@@ -16,7 +16,8 @@ once for every backend, how the cached op is called:
 - ``constants``: per-node values taken from the source op (scale, window, ...).
 
 The output has the shape and dtype of the input named ``output_like``, which is all a fake
-needs: ``register_convention_fake(op, convention)`` gives every backend's op that fake, and
+needs: ``register_convention_fake(op, convention)`` gives every backend's op that fake
+(``define_cached_op`` also takes the op's schema from the convention), and
 ``convention_problems(descriptor)`` checks a backend's op schema and fake against the convention
 (``tests/custom_ops/test_calling_convention.py`` runs it for every registered backend).
 
@@ -35,6 +36,7 @@ import torch
 from torch.fx import Node
 
 from ..shim.resources import ResourceHandler
+from ..utils.errors import ConfigError
 from ..utils.node_args import bound_args, node_val
 from .backend_resolver import UnsupportedOpError
 from .op_backend import OpBackend
@@ -44,15 +46,38 @@ from .op_backend import OpBackend
 class CallingConvention:
     """How every backend's cached op of one family is called (see the module docstring)."""
 
-    source_op: str  # the canonical op replaced, e.g. "torch_attention"
+    source_op: str  # the canonical op replaced: "torch_attention" or "namespace::name"
     inputs: tuple[str, ...]
     metadata: tuple[str, ...]
     caches: tuple[str, ...]
     constants: tuple[str, ...]
     output_like: str  # the input whose shape and dtype the output has
+    # Schema types of the constants ("float?", "SymInt?", "Tensor?", "float"); "?" ones
+    # default to None. Needed only to define ops from the convention (``define_cached_op``).
+    constant_types: tuple[str, ...] = ()
 
     def arg_names(self, prepared: tuple[str, ...] = ()) -> tuple[str, ...]:
         return self.inputs + self.metadata + prepared + self.caches + self.constants
+
+    def schema(self, prepared: tuple[str, ...] = ()) -> str:
+        """The op schema every backend's cached op has (caches are mutated in place)."""
+        if len(self.constant_types) != len(self.constants):
+            raise ConfigError(
+                f"CallingConvention of {self.source_op}: constant_types must give one schema "
+                f"type per constant {self.constants} to define ops from the convention."
+            )
+        tensors = [f"Tensor {n}" for n in self.inputs + self.metadata + prepared]
+        caches = [f"Tensor(a{i}!) {n}" for i, n in enumerate(self.caches)]
+        constants = [
+            f"{t} {n}" + ("=None" if t.endswith("?") else "")
+            for t, n in zip(self.constant_types, self.constants)
+        ]
+        return "(" + ", ".join(tensors + caches + constants) + ") -> Tensor"
+
+    def source(self) -> Any:
+        """The source op (None while it is not registered)."""
+        namespace, _, name = self.source_op.rpartition("::")
+        return getattr(getattr(torch.ops, namespace or "auto_deploy"), name, None)
 
     @property
     def host_args(self) -> tuple[str, ...]:
@@ -67,8 +92,9 @@ def op_schema(op: Any) -> torch.FunctionSchema:
 
 
 def register_convention_fake(op: Any, convention: CallingConvention) -> Callable[..., Any]:
-    """Give ``op`` (a ``torch.library.custom_op``) the family's fake: an empty tensor like the
-    ``output_like`` input. Backends never write their own fake (it could drift)."""
+    """Give ``op`` (a ``torch.library.custom_op``, or an op defined from a schema) the family's
+    fake: an empty tensor like the ``output_like`` input. Backends never write their own fake
+    (it could drift)."""
     position = convention.inputs.index(convention.output_like)
 
     def fake(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -76,9 +102,27 @@ def register_convention_fake(op: Any, convention: CallingConvention) -> Callable
         return torch.empty_like(like)
 
     fake.__name__ = f"{convention.source_op}_cached_fake"
-    op.register_fake(fake)
+    if hasattr(op, "register_fake"):  # a torch.library.custom_op
+        op.register_fake(fake)
+    else:  # an op defined from a schema string (torch.library.define)
+        torch.library.register_fake(_op_name(op))(fake)
     _FAKE_CONVENTIONS[_op_name(op)] = convention
     return fake
+
+
+def define_cached_op(
+    qualname: str,
+    impl: Callable[..., torch.Tensor],
+    convention: CallingConvention,
+    prepared: tuple[str, ...] = (),
+) -> Any:
+    """Define the custom op ``qualname`` ("namespace::name") with the convention's schema and
+    fake; ``impl`` is called with the arguments in the convention's order."""
+    op = torch.library.custom_op(
+        qualname, impl, mutates_args=convention.caches, schema=convention.schema(prepared)
+    )
+    register_convention_fake(op, convention)
+    return op
 
 
 # op name -> the convention its fake was made from (``register_convention_fake``)
@@ -115,7 +159,7 @@ class CachedOpDescriptor(OpBackend):
 
     @classmethod
     def get_source_op(cls) -> Any:
-        return getattr(torch.ops.auto_deploy, cls.convention().source_op)
+        return cls.convention().source()
 
     @classmethod
     def get_cached_op(cls) -> Any:

@@ -24,7 +24,7 @@ Cached-op families use ``CachedOpDescriptor`` (``cached_op.py``), a subclass of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -47,7 +47,6 @@ class OpFamily:
     setting: str = ""
     # Cached families: the calling convention every backend's cached op follows.
     convention: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class OpBackend:
@@ -164,7 +163,6 @@ class FamilyRegistry:
 
     def __init__(self, family: str):
         self.family = family
-        self.kind = f"{family} backend"
 
     def register(self, name: str):
         return BackendRegistry.register(self.family, name)

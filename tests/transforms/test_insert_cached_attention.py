@@ -97,6 +97,26 @@ def test_rejects_bnsd_layout_with_a_hint():
         build_cached(gm, make_cm())
 
 
+def test_every_node_records_its_backend_and_why_not_the_others(monkeypatch):
+    """auto on CPU: the reference for every layer; an explicit backend that cannot run here is
+    a build-time error naming the reason, before the graph is touched."""
+    from autodeploy.custom_ops.backend_resolver import recorded_choices
+
+    _, gm = export_tiny()
+    gm = build_cached(gm, make_cm())
+    choices = recorded_choices(gm)
+    assert [(c["family"], c["backend"], c["requested"]) for c in choices] == [
+        ("attention", "torch", "auto")
+    ] * 2
+    assert choices[0]["refused"]["triton"] == "auto does not pick it on cpu"
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _, gm = export_tiny()
+    with pytest.raises(UnsupportedAttentionError, match="'triton' cannot replace .*CUDA"):
+        build_cached(gm, make_cm(), backend="triton")
+    assert count_ops(gm, ATTENTION) == 2
+
+
 def test_unknown_backend_is_a_config_error_with_a_suggestion():
     with pytest.raises(ConfigError, match="'torch'"):
         InferenceOptimizer(

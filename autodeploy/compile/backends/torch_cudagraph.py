@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ...utils.errors import ConfigError
 from ...utils.logger import logger
-from ...utils.powers_of_two import powers_of_two_below
+from ...utils.numbers import powers_of_two_below
 from ..registry import CompileBackendRegistry, CompileBackendUnavailableError, CompilerBackend
 from .cuda_graph_capture import CudaGraphCapture, GraphCapture
 from .cuda_graph_runner import CudaGraphRunner

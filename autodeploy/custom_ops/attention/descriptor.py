@@ -37,6 +37,7 @@ ATTENTION_CONVENTION = CallingConvention(
     caches=("kv_cache",),
     constants=("scale", "sliding_window", "logit_cap", "sinks"),
     output_like="q",
+    constant_types=("float?", "SymInt?", "float?", "Tensor?"),
 )
 # The source op's names for the convention's inputs and constants.
 _SOURCE_INPUTS = ("query", "key", "value")

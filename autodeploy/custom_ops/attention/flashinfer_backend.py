@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ...shim.sequence_info import SequenceInfo
 from ...utils.node_args import node_val
-from ..cached_op import register_convention_fake
+from ..cached_op import define_cached_op
 from .attention_checks import AttentionLimits, check_attention_inputs
 from .descriptor import (
     ATTENTION_CONVENTION,
@@ -161,8 +161,7 @@ def _flashinfer_prepare_metadata_fake(position_ids, cu_seqlen, last_page_len):
     )
 
 
-@torch.library.custom_op("auto_deploy::flashinfer_attention_with_cache", mutates_args=("kv_cache",))
-def flashinfer_attention_with_cache(
+def _flashinfer_attention_with_cache(
     q: Tensor,  # [b, s, num_heads, head_dim]; b * s = total tokens
     k: Tensor,  # [b, s, num_kv_heads, head_dim]
     v: Tensor,  # [b, s, num_kv_heads, head_dim]
@@ -223,7 +222,14 @@ def flashinfer_attention_with_cache(
     return out.view(q.shape)
 
 
-register_convention_fake(flashinfer_attention_with_cache, ATTENTION_CONVENTION)
+# The prepare-metadata outputs the op takes after the standard metadata.
+PREPARED_ARGS = ("append_batch_indices", "append_positions", "last_page_len")
+flashinfer_attention_with_cache = define_cached_op(
+    "auto_deploy::flashinfer_attention_with_cache",
+    _flashinfer_attention_with_cache,
+    ATTENTION_CONVENTION,
+    prepared=PREPARED_ARGS,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ class FlashInferCachedAttention(AttentionDescriptor):
     Chosen by name only (``auto`` takes Triton on CUDA)."""
 
     limits = FLASHINFER_ATTENTION_LIMITS
-    prepared_args = ("append_batch_indices", "append_positions", "last_page_len")
+    prepared_args = PREPARED_ARGS
 
     @classmethod
     def get_cached_op(cls):

@@ -10,54 +10,21 @@ launch configurations, what is rejected): ``triton_launch.py``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
-from torch import Tensor
 
-from ..cached_op import register_convention_fake
+from ..cached_op import define_cached_op
+from ..triton_availability import triton_unavailable
 from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegistry
-from .triton_launch import TRITON_ATTENTION_LIMITS, cpu_interpreter_problem, triton_paged_attention
-
+from .triton_launch import TRITON_ATTENTION_LIMITS, triton_paged_attention
 
 # ----------------------------------------------------------------------------------------------
 # the op
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("auto_deploy::triton_attention_with_cache", mutates_args=("kv_cache",))
-def triton_attention_with_cache(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    batch_info_host: Tensor,
-    cu_seqlen: Tensor,
-    input_pos: Tensor,
-    cache_loc: Tensor,
-    cu_num_pages: Tensor,
-    kv_cache: Tensor,
-    scale: float | None = None,
-    sliding_window: int | None = None,
-    logit_cap: float | None = None,
-    sinks: Tensor | None = None,
-) -> Tensor:
-    """Paged-cache attention for a packed batch (prefill sequences first, then decode)."""
-    return triton_paged_attention(
-        q,
-        k,
-        v,
-        batch_info_host,
-        cu_seqlen,
-        input_pos,
-        cache_loc,
-        cu_num_pages,
-        kv_cache,
-        scale,
-        sliding_window,
-        logit_cap,
-        sinks,
-    )
-
-
-register_convention_fake(triton_attention_with_cache, ATTENTION_CONVENTION)
+# Paged-cache attention for a packed batch (prefill sequences first, then decode); the schema
+# and fake come from the attention calling convention.
+triton_attention_with_cache = define_cached_op(
+    "auto_deploy::triton_attention_with_cache", triton_paged_attention, ATTENTION_CONVENTION
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,10 +45,4 @@ class TritonCachedAttention(AttentionDescriptor):
 
     @classmethod
     def unavailable(cls, device: torch.device | None) -> str | None:
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install 'autodeploy[triton]')"
-        if device is None or device.type == "cuda":
-            return None
-        if device.type == "cpu":
-            return cpu_interpreter_problem()
-        return f"Triton kernels run on CUDA (or on CPU in the interpreter), not on {device.type}"
+        return triton_unavailable(device)

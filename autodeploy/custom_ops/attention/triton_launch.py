@@ -29,15 +29,15 @@ head_dim up to 256 (padded to a power of two and masked), any page size, GQA wit
 size, sliding window, logit cap and sinks. Rejected with a ``ValueError``: head_dim > 256,
 other dtypes, mismatched cache shapes, ``sliding_window < 1``, ``logit_cap <= 0``.
 
-On CPU, Triton runs only in its interpreter, which is chosen when ``triton`` is first imported:
-set ``TRITON_INTERPRET=1`` before anything imports triton (``torch._dynamo`` does). The kernels
-are imported lazily, so this module itself registers the op without triton installed.
+On CPU, Triton runs only in its interpreter: the kernels are ``TritonKernel``s
+(``_triton_kernel.py``), interpreted per launch for CPU tensors when ``TRITON_INTERPRET=1`` is
+set at that time (whenever triton was imported). The kernels are imported lazily, so this module
+itself registers the op without triton installed.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,7 +45,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ...utils.powers_of_two import next_power_of_2
+from ...utils.numbers import ceil_div, next_power_of_2
+from ..triton_availability import triton_unavailable
 from .attention_checks import AttentionLimits, check_attention_inputs
 
 # What the kernels accept: checked at build time (the descriptor) and per call (the op).
@@ -74,23 +75,9 @@ def _kernels() -> _Kernels:
 
 
 def cpu_interpreter_problem() -> str | None:
-    """Why the kernels cannot run on CPU tensors in this process (None if they can).
-
-    Triton runs on CPU only in its interpreter, and whether a ``@triton.jit`` function (ours and
-    triton's own ``tl.max``/``tl.sum``) is interpreted is fixed when its module is imported.
-    """
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install 'autodeploy[triton]')"
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-
-    kernel = _kernels().prefill.paged_prefill_kernel
-    if isinstance(kernel, InterpretedFunction) and isinstance(tl.max, InterpretedFunction):
-        return None
-    return (
-        "on CPU, Triton kernels run only in the Triton interpreter: set TRITON_INTERPRET=1 "
-        "in the environment before anything imports triton (torch._dynamo and autodeploy do)"
-    )
+    """Why the kernels cannot run on CPU tensors now (None if they can: triton is installed and
+    ``TRITON_INTERPRET=1`` is set; checked per launch, whenever triton was imported)."""
+    return triton_unavailable(torch.device("cpu"))
 
 
 @dataclass(frozen=True)
@@ -139,12 +126,8 @@ def decode_num_splits(
     if device.type != "cuda":
         return 1
     programs = max(num_decode * num_kv_heads, 1)
-    wanted = _cdiv(2 * _multiprocessor_count(device), programs)
-    return max(1, min(wanted, _cdiv(est_kv_len, block_n), MAX_DECODE_SPLITS))
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+    wanted = ceil_div(2 * _multiprocessor_count(device), programs)
+    return max(1, min(wanted, ceil_div(est_kv_len, block_n), MAX_DECODE_SPLITS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +204,7 @@ def triton_paged_attention(
         max_new_tokens = num_prefill_tokens - (num_prefill - 1)  # the others have >= 1 each
         heads_pad = next_power_of_2(num_kv_heads)
         block_t = min(max(8192 // (heads_pad * block_d), 1), 64) if on_gpu else 16
-        kernels.append.kv_append_kernel[(num_prefill, _cdiv(max_new_tokens, block_t))](
+        kernels.append.kv_append_kernel[(num_prefill, ceil_div(max_new_tokens, block_t)), q.device](
             k3,
             v3,
             kv_cache,
@@ -245,9 +228,9 @@ def triton_paged_attention(
         group_pad = next_power_of_2(group)
         cfg = _prefill_config(block_d, kv_cache.dtype, on_gpu, num_prefill_tokens // num_prefill)
         block_q = max(cfg.block_m // group_pad, 1)
-        block_q = max(block_q, _cdiv(16, group_pad))  # tl.dot needs >= 16 rows
+        block_q = max(block_q, ceil_div(16, group_pad))  # tl.dot needs >= 16 rows
         num_tiles = num_prefill_tokens // block_q + num_prefill
-        kernels.prefill.paged_prefill_kernel[(num_tiles, num_kv_heads)](
+        kernels.prefill.paged_prefill_kernel[(num_tiles, num_kv_heads), q.device](
             q3,
             kv_cache,
             out,
@@ -292,7 +275,9 @@ def triton_paged_attention(
             part_m = torch.empty(part_shape, dtype=torch.float32, device=q.device)
             part_l = torch.empty(part_shape, dtype=torch.float32, device=q.device)
             part_acc = torch.empty((*part_shape, head_dim), dtype=torch.float32, device=q.device)
-        kernels.decode.paged_decode_partial_kernel[(num_decode, num_kv_heads, num_splits)](
+        kernels.decode.paged_decode_partial_kernel[
+            (num_decode, num_kv_heads, num_splits), q.device
+        ](
             q3,
             k3,
             v3,
@@ -330,7 +315,7 @@ def triton_paged_attention(
             **common,
         )
         if not single:
-            kernels.decode.paged_decode_reduce_kernel[(num_decode, num_heads)](
+            kernels.decode.paged_decode_reduce_kernel[(num_decode, num_heads), q.device](
                 out,
                 sinks_arg,
                 part_m,

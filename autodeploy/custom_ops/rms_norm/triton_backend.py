@@ -12,9 +12,10 @@ program normalizes one row ``x`` of ``H`` channels (the whole row sits in regist
 Face's order (normalize in float32, cast, then multiply by the weight), so fp16/bf16 results
 match the eager model's rounding, not just its math.
 
-Supported: float16 / bfloat16 / float32 inputs, hidden size up to 16384, any number of rows,
-any leading shape (rows are made contiguous in the last dim if they are not). CUDA tensors run
-compiled; CPU tensors only in the Triton interpreter (``TRITON_INTERPRET=1``, tests).
+Supported: float16 / bfloat16 / float32 inputs, hidden size up to ``TRITON_MAX_HIDDEN``
+(``backends.py``), any number of rows, any leading shape (rows are made contiguous in the last
+dim if they are not). CUDA tensors run compiled; CPU tensors only in the Triton interpreter
+(``TRITON_INTERPRET=1``, tests).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from ...utils.powers_of_two import next_power_of_2
+from ...utils.numbers import next_power_of_2
 from .._triton_kernel import SUM_COMBINE, TritonKernel
 from .backends import TRITON_DTYPES, TRITON_MAX_HIDDEN, rmsnorm_input_problem
 

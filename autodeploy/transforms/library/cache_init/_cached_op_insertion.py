@@ -50,7 +50,7 @@ def insert_cached_ops(gm: GraphModule, cm: Any, family: str, requested: str) -> 
     convention = BackendRegistry.family(family).convention
     if convention is None:
         raise ConfigError(f"op family {family!r} has no calling convention: it is not cached.")
-    source_op = _source_op(convention.source_op)
+    source_op = convention.source()
     nodes = find_nodes(gm, source_op) if source_op is not None else []
     choices = [resolve_backend(family, requested, cm.device, node) for node in nodes]
     reference = BackendRegistry.get(family, BackendRegistry.family(family).reference)
@@ -96,14 +96,10 @@ def insert_cached_ops(gm: GraphModule, cm: Any, family: str, requested: str) -> 
         hook = backend.get_host_prepare_function()
         if hook is not None:
             cm.info.register_host_prepare_hook(hook)
+    if cm.caches:  # initialize_cache already ran (e.g. a plugin's transform listed after it)
+        cm.initialize_resources()  # allocates only the caches registered here
     record_choices(gm, choices)
     return Insertion(num_replaced=len(nodes), source_op=source_op, choices=choices)
-
-
-def _source_op(name: str) -> Any:
-    import torch
-
-    return getattr(torch.ops.auto_deploy, name, None)
 
 
 def _graph_input(gm: GraphModule, cm: Any, name: str) -> Node:

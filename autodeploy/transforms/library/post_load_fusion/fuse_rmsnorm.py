@@ -39,8 +39,8 @@ class FuseRMSNorm(BaseTransform):
 
     before: ``out = auto_deploy.torch_rmsnorm(x, weight, eps)``
     after:  ``out = auto_deploy.triton_rmsnorm(x, weight, eps)`` (or ``flashinfer_rmsnorm``)
-    Norms the kernel cannot take (Triton: hidden size > 16384; FlashInfer: float32) keep the
-    reference op.
+    Norms the backend's ``supports`` refuses (Triton: hidden size over its limit; FlashInfer:
+    float32) keep the reference op.
     ``backend: torch`` leaves the graph as it is.
     """
 

@@ -1,4 +1,4 @@
-"""Powers of two: kernel block sizes and the default CUDA-graph batch sizes."""
+"""Small integer helpers shared by kernels, launchers and sizing code."""
 
 from __future__ import annotations
 
@@ -11,3 +11,8 @@ def next_power_of_2(n: int) -> int:
 def powers_of_two_below(limit: int) -> list[int]:
     """1, 2, 4, ... while smaller than ``limit`` (empty for ``limit <= 1``)."""
     return [1 << exponent for exponent in range(max(0, int(limit) - 1).bit_length())]
+
+
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for integers, without floats."""
+    return -(-a // b)

@@ -1,6 +1,6 @@
-"""The one powers-of-two helper (kernel block sizes, CUDA-graph batch sizes)."""
+"""The integer helpers: powers of two (block sizes, CUDA-graph batch sizes), ceil-div."""
 
-from autodeploy.utils.powers_of_two import next_power_of_2, powers_of_two_below
+from autodeploy.utils.numbers import ceil_div, next_power_of_2, powers_of_two_below
 
 
 def test_next_power_of_2():
@@ -11,3 +11,7 @@ def test_powers_of_two_below():
     assert powers_of_two_below(1) == [] and powers_of_two_below(0) == []
     assert powers_of_two_below(2) == [1]
     assert powers_of_two_below(8) == [1, 2, 4] and powers_of_two_below(9) == [1, 2, 4, 8]
+
+
+def test_ceil_div():
+    assert [ceil_div(a, 4) for a in (0, 1, 4, 5, 8)] == [0, 1, 1, 2, 2]
