@@ -15,7 +15,9 @@ A transform class declares, as class attributes (all checked when the configurat
   ``enabled: false`` or ``skip_on_error: true``, and only then is ``skip_on_error`` allowed.
 - ``failure_hint``: what to check or change when it fails (shown in the error).
 
-A new transform only declares facts; it never lists other transforms. Example::
+Within a stage, a provider of a fact runs before the transforms that require or use it
+(otherwise the YAML order holds). A new transform only declares facts; it never lists other
+transforms. Example::
 
     @TransformRegistry.register("insert_cached_ssm_attention")
     class InsertCachedSSMAttention(BaseTransform):

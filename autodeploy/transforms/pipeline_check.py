@@ -1,6 +1,10 @@
-"""Check an ordered pipeline against the facts its transforms declare, before anything runs.
+"""Order a pipeline within its stages by the facts its transforms declare, and check it, before
+anything runs.
 
-For every enabled transform, in run order, and every fact it requires or uses:
+``order_within_stages`` puts every provider of a fact before the transforms of its stage that
+need it (otherwise keeping the YAML order). Then ``check_facts``:
+
+for every enabled transform, in run order, and every fact it requires or uses:
 
 1. every *enabled* transform that provides the fact must run before it (otherwise the later
    one's work would be missed, e.g. caches registered after they were allocated);
@@ -37,6 +41,36 @@ class PipelineStep:
 
     def where(self) -> str:
         return f"{self.name} (stage {self.stage.value})"
+
+
+def order_within_stages(steps: Sequence[PipelineStep]) -> list[PipelineStep]:
+    """``steps`` (already sorted by stage) with every enabled provider of a fact placed before
+    the enabled transforms of its stage that require or use that fact; otherwise as given.
+
+    A stable topological sort: at each position the earliest step whose providers in its stage
+    are placed goes next, so an order that already respects the facts is kept as it is, and a
+    plugin appended at the end of a stage still lands before the transforms that need it.
+    Steps caught in a cycle keep their order; ``check_facts`` reports them.
+    """
+    ordered: list[PipelineStep] = []
+    for stage in dict.fromkeys(step.stage for step in steps):
+        remaining = [step for step in steps if step.stage == stage]
+        while remaining:
+            ready = next(
+                (s for s in remaining if not any(_needs(s, other) for other in remaining)),
+                remaining[0],  # a cycle: keep the given order
+            )
+            ordered.append(ready)
+            remaining.remove(ready)
+    return ordered
+
+
+def _needs(consumer: PipelineStep, provider: PipelineStep) -> bool:
+    """Whether enabled ``consumer`` requires or uses a fact that enabled ``provider`` provides."""
+    if provider is consumer or not (provider.enabled and consumer.enabled):
+        return False
+    wanted = (*consumer.transform.requires, *consumer.transform.uses)
+    return any(fact in wanted for fact in provider.transform.provides)
 
 
 def check_facts(steps: Sequence[PipelineStep], given: Collection[Fact]) -> list[str]:
@@ -92,7 +126,7 @@ class _FactWalk:
         if later:
             other = later[0]
             order = (
-                f"list {other.name} before {step.name} in the YAML"
+                "their declarations form a cycle in this stage"
                 if other.stage == step.stage
                 else f"{step.name} belongs in a stage after {other.stage.value}"
             )

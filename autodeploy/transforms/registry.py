@@ -14,7 +14,7 @@ from ..utils.validation_errors import validation_error_lines
 from .base import BaseTransform
 from .facts import INPUT_FACTS, Fact
 from .interface import Stages, TransformConfig
-from .pipeline_check import PipelineStep, check_facts
+from .pipeline_check import PipelineStep, check_facts, order_within_stages
 
 
 class _TransformRegistry(Registry[type[BaseTransform]]):
@@ -49,23 +49,26 @@ def validate_pipeline(
     given: Collection[Fact] = INPUT_FACTS,
     where: str = "transforms",
 ) -> list[tuple[str, TransformConfig]]:
-    """Parse ``transforms``, order it by stage and check the declared facts of the whole
-    pipeline (see ``pipeline_check``); return ``(name, config)`` in run order.
+    """Parse ``transforms``, order it by stage (within a stage: the mapping's order, except that
+    a provider of a fact goes before the transforms that need it) and check the declared facts
+    of the whole pipeline (see ``pipeline_check``); return ``(name, config)`` in run order.
 
     ``given``: the input facts the caller supplies (a model factory, a cache interface). Every
     problem is reported in one ConfigError, before anything runs. A transform moved to a wrong
     stage is reported together with what would break there.
     """
     parsed, errors = _parse(transforms, where)
-    ordered = sorted(parsed.items(), key=lambda item: item[1].stage.order)
-    steps = [
-        PipelineStep(name, TransformRegistry.get(name), cfg.stage, cfg.enabled)
-        for name, cfg in ordered
-    ]
+    by_stage = sorted(parsed.items(), key=lambda item: item[1].stage.order)
+    steps = order_within_stages(
+        [
+            PipelineStep(name, TransformRegistry.get(name), cfg.stage, cfg.enabled)
+            for name, cfg in by_stage
+        ]
+    )
     errors += check_facts(steps, given)
     if errors:
         raise ConfigError("Invalid transform configuration:\n  " + "\n  ".join(errors))
-    return ordered
+    return [(step.name, parsed[step.name]) for step in steps]
 
 
 def _parse(

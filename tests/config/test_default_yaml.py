@@ -48,10 +48,14 @@ def test_default_yaml_validates():
     assert args.provenance()["transforms.build_model.stage"] == "default.yaml"
 
 
-def test_default_yaml_restates_the_declared_stages():
+def test_default_yaml_restates_the_declared_stages_and_its_order_agrees_with_the_facts():
+    from autodeploy.transforms.registry import validate_pipeline
+
     data, _ = load_yaml_mapping(DEFAULT_YAML_PATH)
     for name, entry in data["transforms"].items():
         assert Stages(entry["stage"]) is TransformRegistry.get(name).stage, name
+    # Ordering by the declared facts keeps the listed order: nothing had to move.
+    assert [name for name, _ in validate_pipeline(data["transforms"])] == list(data["transforms"])
 
 
 def test_cached_attention_in_post_export_is_refused_on_load_naming_both_transforms():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch.nn as nn
 
+from autodeploy.config import LlmArgs
 from autodeploy.transforms import BaseTransform, InferenceOptimizer, Stages, TransformInfo
 from autodeploy.transforms import TransformRegistry as Registry
 from autodeploy.transforms.facts import (
@@ -40,6 +41,8 @@ _declare("_pc_hello", provides=(GREETING,))
 _declare("_pc_needs_hello", requires=(GREETING,))
 _declare("_pc_likes_hello", uses=(GREETING,))
 _declare("_pc_forget", invalidates=(GREETING,))
+_declare("_pc_chicken", requires=(Fact("egg", "test"),), provides=(Fact("chicken", "test"),))
+_declare("_pc_egg", requires=(Fact("chicken", "test"),), provides=(Fact("egg", "test"),))
 _declare("_pc_refine_hello", requires=(GREETING,), provides=(GREETING,))
 _declare("_pc_graph_pass", requires=(EXPORTED_GRAPH,))
 _declare("_pc_needs_cm", requires=(CACHE_INTERFACE,))
@@ -67,15 +70,29 @@ def _check(config: dict) -> None:
     validate_pipeline(config)
 
 
-def test_a_consumer_before_its_provider_in_one_stage_names_both():
-    config = {"_pc_needs_hello": {"stage": "post_export"}, "_pc_hello": {"stage": "post_export"}}
+def _order(config: dict) -> list[str]:
+    return [name for name, _ in validate_pipeline(config)]
+
+
+def test_within_a_stage_a_provider_moves_before_the_transforms_that_need_it():
+    config = {
+        "_pc_needs_hello": {"stage": "post_export"},
+        "_pc_graph_pass": {"stage": "post_export"},
+        "_pc_hello": {"stage": "post_export"},
+    }
+    assert _order(config) == ["_pc_graph_pass", "_pc_hello", "_pc_needs_hello"]
+    config["_pc_hello"]["enabled"] = False  # disabled: no constraint, and then refused
+    with pytest.raises(ConfigError, match="only _pc_hello provides, and it is disabled"):
+        _order(config)
+
+
+def test_a_cycle_within_a_stage_is_reported_naming_both():
+    config = {"_pc_chicken": {"stage": "export"}, "_pc_egg": {"stage": "export"}}
     with pytest.raises(ConfigError) as err:
-        _check(config)
+        _order(config)
     message = str(err.value)
-    assert "transforms._pc_needs_hello: _pc_needs_hello (stage post_export) requires" in message
-    assert "'greeting'" in message and "_pc_hello (stage post_export) provides" in message
-    assert "list _pc_hello before _pc_needs_hello in the YAML" in message
-    _check({"_pc_hello": {"stage": "post_export"}, "_pc_needs_hello": {"stage": "post_export"}})
+    assert "transforms._pc_chicken: _pc_chicken (stage export) requires 'egg'" in message
+    assert "_pc_egg (stage export) provides" in message and "form a cycle" in message
 
 
 def test_a_consumer_in_an_earlier_stage_is_told_which_stage():
@@ -167,13 +184,18 @@ def test_new_transforms_only_declare_facts_and_are_ordered_against_the_pipeline(
         _check(without_plan)
 
 
-def test_a_second_cached_op_family_must_register_its_caches_before_allocation():
-    _check({"_pc_insert_cached_ssm": {}, "initialize_cache": {}})
-    with pytest.raises(ConfigError) as err:
-        _check({"initialize_cache": {}, "_pc_insert_cached_ssm": {}})
-    message = str(err.value)
-    assert "initialize_cache (stage cache_init) uses 'cache resources registered'" in message
-    assert "list _pc_insert_cached_ssm before initialize_cache in the YAML" in message
+def test_a_second_cached_op_family_added_at_the_end_of_cache_init_registers_before_allocation():
+    # A layer that adds a transform appends it at the end of its stage: after initialize_cache.
+    config = {"initialize_cache": {}, "resize_kv_cache": {}, "_pc_insert_cached_ssm": {}}
+    assert _order(config) == ["_pc_insert_cached_ssm", "initialize_cache", "resize_kv_cache"]
+    default = LlmArgs(transforms={"_pc_insert_cached_ssm": {}}).transforms
+    run_order = [name for name, cfg in validate_pipeline(default) if cfg.stage == Stages.CACHE_INIT]
+    assert run_order == [
+        "insert_cached_attention",
+        "_pc_insert_cached_ssm",
+        "initialize_cache",
+        "resize_kv_cache",
+    ]
 
 
 def test_declared_stage_may_be_left_out_but_not_contradicted():
