@@ -131,6 +131,10 @@ class Request:
         return self.token_ids[self.prompt_len :]
 
     @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
     def is_prefilling(self) -> bool:
         return self.num_computed < self.prompt_len
 
