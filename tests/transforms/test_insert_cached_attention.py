@@ -30,10 +30,11 @@ from autodeploy.utils.errors import BuildError, ConfigError
 
 ATTENTION = torch.ops.auto_deploy.torch_attention
 CACHED = torch.ops.auto_deploy.torch_cached_attention
+SDPA_CACHED = torch.ops.auto_deploy.sdpa_cached_attention
 METADATA = ["batch_info_host", "cu_seqlen", "input_pos", "cache_loc", "cu_num_pages"]
 CACHE_STAGE = {
     "move_inputs_to_device": {"stage": "weight_load"},  # export left the input values on meta
-    "insert_cached_attention": {"stage": "cache_init"},
+    "insert_cached_attention": {"stage": "cache_init", "backend": "torch"},  # the reference
     "initialize_cache": {"stage": "cache_init"},
 }
 
@@ -144,7 +145,7 @@ def test_needs_a_sequence_interface():
             None,
             {
                 "move_inputs_to_device": {"stage": "weight_load", "device": "cpu"},
-                "insert_cached_attention": {"stage": "cache_init"},
+                "insert_cached_attention": {"stage": "cache_init", "backend": "torch"},
             },
         )(None, gm)
 
@@ -256,10 +257,14 @@ def llama(tmp_path_factory):
     transforms.setdefault("match_attention_layout", {"stage": "pattern_matcher"})
     # These checks compare the logits of every prompt token, not only the sampled last one.
     transforms["gather_logits_before_lm_head"]["enabled"] = False
+    # The graph is inspected below: keep op nodes as ops (the CPU default torch-direct would
+    # turn them into plain function calls).
+    transforms["compile_model"]["backend"] = "torch-simple"
     factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(str(path))
     cm = make_cm(page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128)
     gm = InferenceOptimizer(factory, transforms)(cm)
-    assert count_ops(gm, ATTENTION) == 0 and count_ops(gm, CACHED) == 2
+    # auto on CPU: the batched sdpa backend
+    assert count_ops(gm, ATTENTION) == 0 and count_ops(gm, SDPA_CACHED) == 2
     return gm, cm, hf_model
 
 

@@ -27,9 +27,9 @@ class InsertCachedAttentionConfig(TransformConfig):
     backend: str = Field(
         default="auto",
         description="Attention backend (a registered backend of the 'attention' op family: "
-        "'torch' is the reference, 'triton', 'flashinfer'; the `attn_backend` shortcut sets "
-        "this). 'auto': per node, the highest-priority backend for the device that supports it "
-        "(triton on CUDA, torch elsewhere).",
+        "'torch' is the reference, 'sdpa' (batched torch), 'triton', 'flashinfer'; the "
+        "`attn_backend` shortcut sets this). 'auto': per node, the highest-priority backend for "
+        "the device that supports it (triton on CUDA, sdpa elsewhere).",
     )
     requires_shape_prop: bool = Field(
         default=True,
