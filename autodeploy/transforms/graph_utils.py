@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -133,25 +133,7 @@ def get_attr_value(gm: GraphModule, node: Node) -> Any:
     return value
 
 
-def replace_with(node: Node, new: Node) -> None:
-    """Point every user of ``node`` at ``new`` and drop ``node``."""
-    node.replace_all_uses_with(new)
-    node.graph.erase_node(node)
-
-
 def named_graphmodules(mod: torch.nn.Module) -> Iterable[tuple[str, GraphModule]]:
     for name, sub in mod.named_modules():
         if isinstance(sub, GraphModule):
             yield name, sub
-
-
-def map_targets(gm: GraphModule, mapping: dict[OpLike, Callable]) -> int:
-    """Swap call targets (same signature) per ``mapping``; return how many nodes changed."""
-    changed = 0
-    for node in gm.graph.nodes:
-        for src, dst in mapping.items():
-            if is_op(node, src):
-                node.target = dst
-                changed += 1
-                break
-    return changed
