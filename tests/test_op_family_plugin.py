@@ -107,7 +107,7 @@ def test_graph_has_both_families_and_the_plugin_state(plugin, llm):
     cached_sum = torch.ops.running_sum_plugin.torch_cached_running_sum
     assert count_ops(gm, cached_sum) == 2
     assert count_ops(gm, torch.ops.running_sum_plugin.torch_running_sum) == 0
-    assert count_ops(gm, torch.ops.auto_deploy.torch_cached_attention) == 2
+    assert count_ops(gm, torch.ops.auto_deploy.sdpa_cached_attention) == 2  # auto on CPU
     states = {k: h for k, h in cm.resources.items() if k.startswith("state_")}
     assert len(states) == 2 and all(not h.is_paged for h in states.values())
     assert cm.caches["state_0"].shape == (cm.info.max_batch_size + 1, plugin.HIDDEN)

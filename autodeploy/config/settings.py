@@ -316,13 +316,17 @@ class LlmArgs(BaseSettings):
             )
 
     def _resolve_transforms(self, provenance: Provenance) -> None:
-        from ..transforms import parse_transform_configs  # lazy: transforms import the config
+        from ..transforms.registry import validate_pipeline  # lazy: transforms import config
 
         pending = apply_shortcuts(self, provenance)
-        try:
-            parsed = parse_transform_configs(self.transforms)
+        try:  # settings, declared stages and the facts of the whole pipeline, before any run
+            parsed = dict(validate_pipeline(self.transforms))
         except ConfigError as exc:
             raise annotate_transform_error(exc, provenance) from None
+        for name, config in parsed.items():  # a layer may leave out a transform's declared stage
+            if "stage" not in self.transforms[name]:
+                self.transforms[name]["stage"] = config.stage.value
+                provenance.set(("transforms", name, "stage"), "default")
         fill_from_defaults(pending, self, parsed, provenance)
 
     # ------------------------------------------------------------------ queries

@@ -82,10 +82,6 @@ class ModelFactory(ABC):
         """Sharding hints from the model (e.g. HF ``base_model_tp_plan``)."""
         return {}
 
-    def get_cache_config(self) -> dict[str, Any]:
-        """Cache settings the checkpoint implies (e.g. an fp8 KV cache)."""
-        return {}
-
     def describe(self) -> str:
         return f"{type(self).__name__}({self.model!r})"
 

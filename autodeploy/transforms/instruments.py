@@ -5,7 +5,8 @@ The optimizer builds the default set from the environment:
 
 - timing, the per-transform log line (DEBUG) and one progress line per stage (always),
 - ``AUTODEPLOY_DUMP_GRAPHS_DIR=dir``: ``dir/NNN_<transform>.txt`` after each transform, plus the
-  resolved configuration as ``dir/config.yaml``,
+  resolved configuration as ``dir/config.yaml``; when a transform fails, the graph before it as
+  ``dir/NNN_<transform>.FAILED.txt`` (with the error),
 - ``AUTODEPLOY_VERIFY_GRAPHS=1``: lint and re-generate code of the graph after each transform,
 - CUDA memory deltas when a GPU is in use.
 """
@@ -72,6 +73,10 @@ class Instrument:
     def on_build_end(self) -> None:
         pass
 
+    def on_failure(self, record: TransformRecord, exc: BaseException) -> str | None:
+        """The transform raised ``exc``; return where debugging material was saved, if any."""
+        return None
+
 
 class TimingInstrument(Instrument):
     def before(self, record: TransformRecord, mod: nn.Module) -> None:
@@ -103,12 +108,30 @@ class GraphDumpInstrument(Instrument):
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
         self.files = DumpDirectory(directory)  # removes and overwrites only its own files
+        self._code_before = ""  # the graph as it was before the running transform
+        self._config = ""
 
     def on_build_start(self, resolved_config: dict[str, Any] | None) -> None:
         self.files.clear_previous()
+        self._config = ""
         if resolved_config is not None:
-            text = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
-            self.files.write_text("config.yaml", text)
+            self._config = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
+            self.files.write_text("config.yaml", self._config)
+
+    def before(self, record: TransformRecord, mod: nn.Module) -> None:
+        # Kept as text: a failing transform may leave the graph half rewritten.
+        self._code_before = mod.code if isinstance(mod, GraphModule) else repr(mod)
+
+    def on_failure(self, record: TransformRecord, exc: BaseException) -> str | None:
+        lines = [
+            f"transform={record.name} stage={record.stage.value} FAILED",
+            *f"{type(exc).__name__}: {exc}".splitlines(),
+            "the graph before it:",
+        ]
+        text = "".join(f"# {line}\n" for line in lines) + self._code_before
+        path = self.files.write_text(f"{record.index:03d}_{record.name}.FAILED.txt", text)
+        config = self.directory / "config.yaml"
+        return f"{path}, {config}" if self._config else str(path)
 
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         if record.status == "disabled":

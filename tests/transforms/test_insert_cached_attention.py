@@ -99,17 +99,18 @@ def test_rejects_bnsd_layout_with_a_hint():
 
 
 def test_every_node_records_its_backend_and_why_not_the_others(monkeypatch):
-    """auto on CPU: the reference for every layer; an explicit backend that cannot run here is
-    a build-time error naming the reason, before the graph is touched."""
+    """auto on CPU: the batched sdpa backend for every layer; an explicit backend that cannot run
+    here is a build-time error naming the reason, before the graph is touched."""
     from autodeploy.custom_ops.backend_resolver import recorded_choices
 
     _, gm = export_tiny()
-    gm = build_cached(gm, make_cm())
+    gm = build_cached(gm, make_cm(), backend="auto")
     choices = recorded_choices(gm)
     assert [(c["family"], c["backend"], c["requested"]) for c in choices] == [
-        ("attention", "torch", "auto")
+        ("attention", "sdpa", "auto")
     ] * 2
     assert choices[0]["refused"]["triton"] == "auto does not pick it on cpu"
+    assert choices[0]["refused"]["torch"] == "lower auto priority than sdpa"
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _, gm = export_tiny()

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
+from ...transforms.graph_utils import DIRECT_CALL_OF
 from ...utils.logger import logger
 from ..registry import CompileBackendRegistry, CompileBackendUnavailableError, CompilerBackend
 
@@ -48,6 +49,8 @@ def call_ops_directly(gm: GraphModule) -> int:
     for node in gm.graph.nodes:
         function = python_implementation(node.target) if node.op == "call_function" else None
         if function is not None:
+            op = node.target
+            node.meta[DIRECT_CALL_OF] = op.default if hasattr(op, "default") else op
             node.target = function
             count += 1
     if count:

@@ -10,8 +10,17 @@ from ....custom_ops.attention.descriptor import ATTENTION
 from ....custom_ops.op_backend import check_backend_name
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
+from ...facts import (
+    ATTENTION_LAYOUT,
+    CACHE_INTERFACE,
+    CACHE_RESOURCES,
+    CANONICAL_ATTENTION,
+    EXPORTED_GRAPH,
+    INPUTS_ON_DEVICE,
+    WEIGHTS_LOADED,
+)
 from ...graph_utils import is_op
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._cached_op_insertion import insert_cached_ops
 
@@ -50,6 +59,16 @@ class InsertCachedAttention(BaseTransform):
     cached-op insertion (``_cached_op_insertion.py``) for the ``attention`` family.
     """
 
+    stage = Stages.CACHE_INIT
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED, CANONICAL_ATTENTION)
+    uses = (ATTENTION_LAYOUT, INPUTS_ON_DEVICE)
+    provides = (CACHE_RESOURCES,)
+    optional = False
+    failure_hint = (
+        "Try another attention backend (`attn_backend: torch` is the reference), and check the "
+        "pattern coverage report for attention the matchers did not turn into torch_attention."
+    )
+
     config: InsertCachedAttentionConfig
 
     @classmethod
@@ -57,11 +76,6 @@ class InsertCachedAttention(BaseTransform):
         return InsertCachedAttentionConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError(
-                "insert_cached_attention needs a CachedSequenceInterface: call "
-                "InferenceOptimizer(factory, cfg)(cm) with one."
-            )
         if not isinstance(gm, GraphModule):
             raise ConfigError("insert_cached_attention needs an exported GraphModule.")
         done = insert_cached_ops(gm, cm, ATTENTION.name, self.config.backend)

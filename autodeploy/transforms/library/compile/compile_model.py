@@ -16,7 +16,8 @@ from ....compile.registry import CompileBackendUnavailableError
 from ....custom_ops.backend_resolver import build_device
 from ....utils.suggest import did_you_mean
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import CACHES_ALLOCATED, EXPORTED_GRAPH, WEIGHTS_LOADED
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 AUTO = "auto"
@@ -86,6 +87,11 @@ class CompileModel(BaseTransform):
             ``OptimizedModule``; ``torch-cudagraph`` / ``torch-opt``: a ``CudaGraphRunner`` whose
             ``cuda_graph_stats`` count replays and fallbacks)
     """
+
+    stage = Stages.COMPILE
+    uses = (WEIGHTS_LOADED, CACHES_ALLOCATED)
+    invalidates = (EXPORTED_GRAPH,)
+    failure_hint = "`compile_backend: torch-simple` runs the graph uncompiled."
 
     config: CompileModelConfig
 

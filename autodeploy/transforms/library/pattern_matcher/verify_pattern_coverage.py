@@ -9,7 +9,21 @@ from pydantic import Field
 from ....utils.errors import TransformError
 from ....utils.logger import logger
 from ...base import BaseTransform
-from ...interface import TransformConfig, TransformInfo
+from ...facts import (
+    ATTENTION_LAYOUT,
+    CANONICAL_ATTENTION,
+    CANONICAL_CAUSAL_CONV,
+    CANONICAL_L2NORM,
+    CANONICAL_MOE,
+    CANONICAL_RMSNORM,
+    CANONICAL_ROPE,
+    CANONICAL_SSM,
+    CANONICAL_SWIGLU,
+    EXPORTED_GRAPH,
+    REPEAT_KV_OP,
+    ROPE_LAYOUT,
+)
+from ...interface import Stages, TransformConfig, TransformInfo
 from ...optimizer import META_KEY
 from ...registry import TransformRegistry
 from ._coverage import collect_coverage, format_coverage
@@ -36,6 +50,22 @@ class VerifyPatternCoverage(BaseTransform):
     sliding window, soft-cap and kv heads); missing RoPE or unmatched RMSNorm modules are
     reported as build problems (errors in strict mode).
     """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    uses = (
+        CANONICAL_ATTENTION,
+        REPEAT_KV_OP,
+        ATTENTION_LAYOUT,
+        CANONICAL_ROPE,
+        ROPE_LAYOUT,
+        CANONICAL_RMSNORM,
+        CANONICAL_L2NORM,
+        CANONICAL_SWIGLU,
+        CANONICAL_MOE,
+        CANONICAL_SSM,
+        CANONICAL_CAUSAL_CONV,
+    )
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:
