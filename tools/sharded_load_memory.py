@@ -36,7 +36,7 @@ def measure_rank(model_dir: str, world_size: int, rank: int) -> dict:
     args = LlmArgs(model=model_dir, device="cpu", world_size=world_size)
     factory = create_factory(args)
     transforms = args.to_dict()["transforms"]
-    shared = SharedConfig(local_rank=rank, world_size=world_size)
+    shared = SharedConfig(local_rank=rank, rank=rank, world_size=world_size)
     upto = select_transforms(transforms, "sharding_transform_executor", [])
     gm = InferenceOptimizer(factory, upto, shared_config=shared, instruments=[])(None)
     before = _rss_bytes()

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # With world_size > 1 the graph of one rank (--rank, default 0) is dumped; its
     # collectives act as identities in this single process.
+    rank = int(cli.get("rank") or 0)
     shared = SharedConfig(
-        local_rank=int(cli.get("rank") or 0), world_size=args.world_size, strict=args.strict
+        local_rank=rank, rank=rank, world_size=args.world_size, strict=args.strict
     )
     optimizer = InferenceOptimizer(
         create_factory(args), selected, shared_config=shared, instruments=instruments

@@ -36,7 +36,9 @@ def sharded_graph(args: LlmArgs, rank: int = 0) -> Any:
     selected = select_transforms(
         args.to_dict()["transforms"], "sharding_transform_executor", disable=[]
     )
-    shared = SharedConfig(local_rank=rank, world_size=args.world_size, strict=args.strict)
+    shared = SharedConfig(
+        local_rank=rank, rank=rank, world_size=args.world_size, strict=args.strict
+    )
     return InferenceOptimizer(create_factory(args), selected, shared_config=shared)(None)
 
 

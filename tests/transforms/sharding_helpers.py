@@ -46,7 +46,7 @@ def shard(model_dir: Path, world_size: int, rank: int = 0, detect: dict | None =
         "detect_sharding": {"stage": "sharding", **(detect or {})},
         "sharding_transform_executor": {"stage": "sharding"},
     }
-    shared = SharedConfig(local_rank=rank, world_size=world_size, strict=strict)
+    shared = SharedConfig(local_rank=rank, rank=rank, world_size=world_size, strict=strict)
     optimizer = InferenceOptimizer(factory, config, shared_config=shared, instruments=[])
     gm = optimizer(None, copy.deepcopy(base))
     return gm, gm.meta.get(PLAN_META_KEY)
