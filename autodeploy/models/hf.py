@@ -16,8 +16,10 @@ from ..utils.suggest import did_you_mean
 from .checkpoint import find_checkpoint_files, load_checkpoint, materialize_on_device, random_init
 from .factory import ModelFactory, ModelFactoryRegistry
 from .hf_attention import ATTN_IMPLEMENTATION, register_hf_attention
-from .hf_key_mapping import hf_key_renamer
+from .hf_key_mapping import hf_key_conversions
+from .hf_moe import check_moe_support
 from .meta_init import parameters_on_meta
+from .moe_checkpoint import stack_experts_on_load
 from .sources import BUILTIN_PREFIX, resolve_model_dir
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -91,7 +93,8 @@ class AutoModelForCausalLMFactory(ModelFactory):
         else:
             with torch.device(device):
                 model = AutoModelForCausalLM.from_config(config, **kwargs)
-        self._key_renamer = hf_key_renamer(model)
+        check_moe_support(model)
+        self._key_renamer, self._expert_converters = hf_key_conversions(model)
         return model.eval()
 
     def get_example_inputs(self) -> dict[str, torch.Tensor]:
@@ -109,7 +112,9 @@ class AutoModelForCausalLMFactory(ModelFactory):
         materialize_on_device(model, device, self.torch_dtype)
         files = [] if self.skip_loading_weights else find_checkpoint_files(self.model_dir)
         if files:
-            load_checkpoint(model, files, rename=getattr(self, "_key_renamer", None))
+            converters = getattr(self, "_expert_converters", [])
+            with stack_experts_on_load(model, converters):
+                load_checkpoint(model, files, rename=getattr(self, "_key_renamer", None))
             return
         if not self.skip_loading_weights and not self.is_builtin:
             raise ConfigError(
