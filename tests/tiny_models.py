@@ -61,6 +61,29 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "phi": ("PhiConfig", {"partial_rotary_factor": 0.5}),
     "smollm3": ("SmolLM3Config", _GQA),
     "glm": ("GlmConfig", {**_GQA, "head_dim": 16}),
+    # Mixture of experts: 4 experts, top-2, small expert MLPs (tests/models/test_moe_models.py).
+    "mixtral": ("MixtralConfig", {**_GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            **_GQA,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 48,
+            "mlp_only_layers": [1],  # layer 1 is a dense MLP
+        },
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        {
+            **_GQA,
+            "head_dim": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+        },
+    ),
 }
 
 

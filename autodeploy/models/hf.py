@@ -112,9 +112,9 @@ class AutoModelForCausalLMFactory(ModelFactory):
         materialize_on_device(model, device, self.torch_dtype)
         files = [] if self.skip_loading_weights else find_checkpoint_files(self.model_dir)
         if files:
-            converters = getattr(self, "_expert_converters", [])
-            with stack_experts_on_load(model, converters):
-                load_checkpoint(model, files, rename=getattr(self, "_key_renamer", None))
+            rename = getattr(self, "_key_renamer", None)
+            with stack_experts_on_load(model, getattr(self, "_expert_converters", []), rename):
+                load_checkpoint(model, files, rename=rename)
             return
         if not self.skip_loading_weights and not self.is_builtin:
             raise ConfigError(

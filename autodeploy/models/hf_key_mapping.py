@@ -42,6 +42,10 @@ def hf_key_conversions(model: nn.Module) -> tuple[KeyRenamer | None, list[Expert
     ]
 
     def rename(key: str) -> str:
+        """Checkpoint key -> model name; per-expert keys pass through unchanged."""
+        if any(stacking.match(key) for stacking in expert_stacking):
+            return key  # the expert stacker renames the parameter it writes to (and keeps the
+            # checkpoint's key for its error messages)
         for pattern, converter in converter_patterns:
             if pattern.search(key):
                 raise ConfigError(

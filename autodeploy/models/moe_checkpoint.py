@@ -22,7 +22,7 @@ rows); the hook writes expert ``e`` to row ``e - start`` and drops the other exp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,8 +80,14 @@ class _Progress:
 class ExpertStacker:
     """The pre-hook and bookkeeping of one load (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, converters: list[ExpertConverter]):
+    def __init__(
+        self,
+        model: nn.Module,
+        converters: list[ExpertConverter],
+        rename: Callable[[str], str] | None = None,
+    ):
         self.model, self.converters = model, converters
+        self.rename_target = rename or (lambda name: name)
         self.progress: dict[str, _Progress] = {}
 
     def _target(self, name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -95,9 +101,10 @@ class ExpertStacker:
                 "Check that the checkpoint matches the config (and `model_kwargs`)."
             ) from None
 
-    def _write(self, key: str, tensor: torch.Tensor, name: str, expert: int, part: int) -> None:
+    def _write(
+        self, key: str, tensor: torch.Tensor, name: str, expert: int, part: int, parts: int
+    ) -> None:
         owner, param = self._target(name)
-        parts = len(next(c for c in self.converters if c.match(key)).sources)
         start, stop = getattr(owner, "expert_range", (0, param.shape[0]))
         progress = self.progress.setdefault(name, _Progress(parts))
         progress.source_keys[(expert, part)] = key
@@ -122,8 +129,11 @@ class ExpertStacker:
             for converter in self.converters:
                 found = converter.match(key)
                 if found is not None:
-                    self._write(key, state_dict.pop(key), *found)
-                    touched.add(found[0])
+                    name, expert, part = found
+                    name = self.rename_target(name)  # e.g. Mixtral's block_sparse_moe -> mlp
+                    parts = len(converter.sources)
+                    self._write(key, state_dict.pop(key), name, expert, part, parts)
+                    touched.add(name)
                     break
         for name in touched:  # counts as loaded; copying a tensor onto itself changes nothing
             state_dict[name] = self._target(name)[1]
@@ -155,13 +165,18 @@ def _missing_key(progress: _Progress, name: str, expert: int, part: int) -> str:
 
 @contextmanager
 def stack_experts_on_load(
-    model: nn.Module, converters: list[ExpertConverter]
+    model: nn.Module,
+    converters: list[ExpertConverter],
+    rename: Callable[[str], str] | None = None,
 ) -> Iterator[ExpertStacker | None]:
-    """Install the stacking pre-hook for one load; check completeness when the load succeeds."""
+    """Install the stacking pre-hook for one load; check completeness when the load succeeds.
+
+    ``rename`` maps a stacked parameter's name as the converter builds it from the checkpoint
+    key to the model's name (transformers' renames)."""
     if not converters:
         yield None
         return
-    stacker = ExpertStacker(model, converters)
+    stacker = ExpertStacker(model, converters, rename)
     handle = model._register_load_state_dict_pre_hook(stacker.hook)
     try:
         yield stacker

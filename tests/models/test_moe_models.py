@@ -1,0 +1,212 @@
+"""Mixture-of-experts models: greedy tokens and logits equal Hugging Face eager (fp32, CPU).
+
+Tiny checkpoints written with ``save_pretrained`` (per-expert tensors on disk, stacked in the
+model: the loader converts them) for Mixtral, Qwen2-MoE (shared expert with its sigmoid gate, a
+dense layer through ``mlp_only_layers``) and Qwen3-MoE; one prompt at a time and as a
+mixed-length batch with chunked prefill. More families (OLMoE, GLM4-MoE, Granite-MoE(-Shared),
+Phi-MoE, ...) with a short greedy run each; a top_k=1 model; unsupported MoE blocks and broken
+checkpoints fail with errors naming the module or tensor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from test_greedy_parity import (
+    GREEDY,
+    PAGE_SIZE,
+    generate_staggered,
+    hf_greedy,
+    llm_settings,
+    make_prompts,
+)
+from tiny_models import save_tiny, tiny_config
+
+from autodeploy import LLM, SamplingParams
+from autodeploy.utils.errors import ConfigError, ExportError
+
+MOE_ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe"]
+
+
+@pytest.fixture(scope="module")
+def moe_checkpoints(tmp_path_factory):
+    """arch -> (checkpoint dir, HF model, HF greedy tokens per prompt)."""
+    found = {}
+    for arch in MOE_ARCHS:
+        path = tmp_path_factory.mktemp(arch)
+        model = save_tiny(path, arch)
+        found[arch] = (path, model, [hf_greedy(model, p) for p in make_prompts()])
+    return found
+
+
+@pytest.fixture(scope="module")
+def moe_llms(moe_checkpoints):
+    built = {}
+    yield lambda arch: built.setdefault(
+        arch, LLM(model=str(moe_checkpoints[arch][0]), **llm_settings("torch"))
+    )
+    for llm in built.values():
+        llm.shutdown()
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_moe_greedy_tokens_match_hugging_face(arch, moe_checkpoints, moe_llms):
+    """One prompt at a time, then all prompts as one mixed-length batch prefilled in chunks of
+    at most 8 tokens next to decoding sequences."""
+    _, _, expected = moe_checkpoints[arch]
+    llm = moe_llms(arch)
+    prompts = make_prompts()
+    for prompt, tokens in zip(prompts, expected):
+        assert llm.generate([prompt], GREEDY)[0].outputs[0].token_ids == tokens
+    engine = llm.engine
+    engine.scheduler.max_num_tokens = 8
+    try:
+        assert generate_staggered(engine, prompts, GREEDY, join_after=1) == expected
+    finally:
+        engine.scheduler.max_num_tokens = engine.cm.info.max_num_tokens
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_moe_logits_match_hugging_face(arch, moe_checkpoints, moe_llms):
+    """The prefill's last-token logits and each decode step's logits within 1e-4 of HF."""
+    _, model, expected = moe_checkpoints[arch]
+    prompt = make_prompts()[1]
+    sequence = prompt + expected[1]
+    with torch.no_grad():
+        reference = model(torch.tensor([sequence])).logits[0]
+    llm = moe_llms(arch)
+    info = llm.cm.info
+    pages = list(range(1, 1 + -(-len(sequence) // PAGE_SIZE)))
+    with torch.inference_mode():
+        info.nest_sequences([prompt], [0], [pages])
+        logits = info.gather_last_logits(llm.model(**llm.cm.named_args))
+        torch.testing.assert_close(logits[0], reference[len(prompt) - 1], atol=1e-4, rtol=1e-4)
+        for position in range(len(prompt), len(sequence)):
+            info.nest_sequences([[sequence[position]]], [position], [pages])
+            logits = info.gather_last_logits(llm.model(**llm.cm.named_args))
+            torch.testing.assert_close(logits[0], reference[position], atol=1e-4, rtol=1e-4)
+
+
+def test_moe_graph_has_one_moe_op_per_moe_layer(moe_llms):
+    """Qwen2-MoE: layer 0 is sparse, layer 1 dense (mlp_only_layers): exactly one MoE op."""
+    moe_ops = [
+        n
+        for n in moe_llms("qwen2_moe").model.graph.nodes
+        if n.op == "call_function" and "moe" in str(n.target)
+    ]
+    assert len(moe_ops) == 1
+    assert "layers.0" in str(moe_ops[0].meta.get("nn_module_stack", ""))
+
+
+SHORT = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+_EXPERTS = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+# Other transformers MoE families with the same block shape (config class, settings): one per
+# routing style (softmax top-k without renormalization, DeepSeek-style sigmoid + bias with a
+# dense first layer, top-k-then-softmax with a shared expert, Phi-MoE's sparsemixer).
+FAMILIES = {
+    "olmoe": ("OlmoeConfig", dict(num_experts=4, num_experts_per_tok=2)),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        dict(
+            n_routed_experts=4,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            head_dim=16,
+            **_EXPERTS,
+        ),
+    ),
+    "granitemoeshared": (
+        "GraniteMoeSharedConfig",
+        dict(num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=48),
+    ),
+    "phimoe": ("PhimoeConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+}
+_TINY = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def _save_family(path, family: str) -> torch.nn.Module:
+    class_name, settings = FAMILIES[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, class_name)(**{**_TINY, **settings})
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model.eval().save_pretrained(path)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_more_moe_families_match_hugging_face(family, tmp_path):
+    model = _save_family(tmp_path, family)
+    prompts = make_prompts()[1:2]
+    expected = [hf_greedy(model, p, SHORT.max_tokens) for p in prompts]
+    with LLM(model=str(tmp_path), **llm_settings("torch")) as llm:
+        outputs = llm.generate(prompts, SHORT)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+
+
+def test_top_k_1_model(tmp_path):
+    model = save_tiny(tmp_path, "mixtral", num_experts_per_tok=1)
+    prompts = make_prompts()[:1]
+    expected = [hf_greedy(model, p, SHORT.max_tokens) for p in prompts]
+    with LLM(model=str(tmp_path), **llm_settings("torch")) as llm:
+        assert [o.outputs[0].token_ids for o in llm.generate(prompts, SHORT)] == expected
+
+
+def _rewrite_checkpoint(path, edit):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_missing_expert_tensor_is_named(tmp_path):
+    save_tiny(tmp_path, "qwen3_moe")
+    missing = "model.layers.1.mlp.experts.2.up_proj.weight"
+    _rewrite_checkpoint(tmp_path, lambda t: t.pop(missing))
+    with pytest.raises(ConfigError, match="missing 1 expert tensor") as info:
+        LLM(model=str(tmp_path), **llm_settings("torch"))
+    assert missing in str(info.value)
+
+
+def test_wrong_shaped_expert_tensor_is_named(tmp_path):
+    save_tiny(tmp_path, "mixtral")
+    key = "model.layers.0.block_sparse_moe.experts.1.w3.weight"
+
+    def shrink(tensors):
+        tensors[key] = tensors[key][:-1]
+
+    _rewrite_checkpoint(tmp_path, shrink)
+    with pytest.raises(ConfigError, match="has shape") as info:
+        LLM(model=str(tmp_path), **llm_settings("torch"))
+    assert key in str(info.value)
+
+
+def test_unsupported_moe_block_names_the_module(tmp_path):
+    """JetMoE's experts are not transformers' pluggable stacked experts."""
+    config = transformers.JetMoeConfig(**{**_TINY, "num_local_experts": 4})
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    with pytest.raises(ExportError, match=r"JetMoeMoE.*pluggable experts"):
+        LLM(model=str(tmp_path), **llm_settings("torch"))
+
+
+def test_experts_with_biases_are_rejected_with_the_reason():
+    from autodeploy.models.hf_moe import unsupported_features
+
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config("mixtral"))
+    experts = model.model.layers[0].mlp.experts
+    experts.has_bias = True
+    assert unsupported_features(experts) == ["expert biases"]
