@@ -210,3 +210,36 @@ def test_experts_with_biases_are_rejected_with_the_reason():
     experts = model.model.layers[0].mlp.experts
     experts.has_bias = True
     assert unsupported_features(experts) == ["expert biases"]
+
+
+def test_coverage_expects_one_moe_op_per_sparse_layer(moe_llms):
+    """The build's coverage report counts the MoE op in layer 0 and the dense MLP in layer 1;
+    against a config that declares layer 1 sparse too, layer 1 is named as missing."""
+    from autodeploy.transforms.library.pattern_matcher._coverage import collect_coverage
+    from autodeploy.transforms.library.pattern_matcher.verify_pattern_coverage import (
+        COVERAGE_META_KEY,
+    )
+
+    llm = moe_llms("qwen2_moe")
+    assert "moe: 1/1 sparse layers" in llm.model.meta[COVERAGE_META_KEY]["text"]
+    all_sparse = tiny_config("qwen2_moe", mlp_only_layers=[])
+    coverage = collect_coverage(llm.model, all_sparse)
+    assert coverage.moe.missing_layers == [1] and not coverage.moe.ok
+
+
+@pytest.mark.parametrize(
+    "settings, sparse",
+    [
+        (dict(num_experts=4), [0, 1, 2, 3]),
+        (dict(num_experts=4, mlp_only_layers=[0, 2]), [1, 3]),
+        (dict(num_experts=4, decoder_sparse_step=2), [1, 3]),
+        (dict(n_routed_experts=4, first_k_dense_replace=1), [1, 2, 3]),
+        (dict(intermediate_size=8), []),
+    ],
+)
+def test_expected_sparse_layers_from_the_config(settings, sparse):
+    from types import SimpleNamespace
+
+    from autodeploy.transforms.library.pattern_matcher._moe_coverage import expected_moe_layers
+
+    assert expected_moe_layers(SimpleNamespace(num_hidden_layers=4, **settings)) == sparse
