@@ -243,3 +243,16 @@ def test_expected_sparse_layers_from_the_config(settings, sparse):
     from autodeploy.transforms.library.pattern_matcher._moe_coverage import expected_moe_layers
 
     assert expected_moe_layers(SimpleNamespace(num_hidden_layers=4, **settings)) == sparse
+
+
+def test_bench_roofline_counts_only_the_top_k_experts():
+    """tiny-moe: 8 experts, top-2: a decode step reads 2/8 of each layer's expert weights."""
+    from autodeploy.tools.bench_presets import load_preset, weight_bytes_per_step
+
+    config = load_preset("tiny-moe").config
+    hidden, moe_inter, layers = config["hidden_size"], config["moe_intermediate_size"], 2
+    expert_bytes = 3 * hidden * moe_inter * 4  # gate, up, down of one expert, fp32
+    all_experts = dict(config, num_experts_per_tok=8)
+    read_all = weight_bytes_per_step(all_experts, torch.float32)
+    read_top2 = weight_bytes_per_step(config, torch.float32)
+    assert read_all - read_top2 == layers * 6 * expert_bytes
