@@ -61,7 +61,9 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "phi": ("PhiConfig", {"partial_rotary_factor": 0.5}),
     "smollm3": ("SmolLM3Config", _GQA),
     "glm": ("GlmConfig", {**_GQA, "head_dim": 16}),
-    # Mixture of experts: 4 experts, top-2, small expert MLPs (tests/models/test_moe_models.py).
+}
+# Mixture of experts: 4 experts, top-2, small expert MLPs (tests/models/test_moe_models.py).
+MOE_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "mixtral": ("MixtralConfig", {**_GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "qwen2_moe": (
         "Qwen2MoeConfig",
@@ -88,8 +90,8 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def tiny_config(arch: str, **overrides: Any) -> transformers.PretrainedConfig:
-    """A tiny config of ``arch`` (see ARCHITECTURES); ``overrides`` win."""
-    class_name, extra = ARCHITECTURES[arch]
+    """A tiny config of ``arch`` (see ARCHITECTURES, MOE_ARCHITECTURES); ``overrides`` win."""
+    class_name, extra = {**ARCHITECTURES, **MOE_ARCHITECTURES}[arch]
     config_cls = getattr(transformers, class_name)
     return config_cls(**{**_COMMON, **extra, **overrides})
 
