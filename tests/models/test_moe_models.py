@@ -99,6 +99,35 @@ def test_moe_graph_has_one_moe_op_per_moe_layer(moe_llms):
     assert "layers.0" in str(moe_ops[0].meta.get("nn_module_stack", ""))
 
 
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_export_with_dynamic_batch_and_sequence_dims(arch, moe_checkpoints):
+    """One export, then two batch/sequence shapes: logits equal HF's; one MoE op per sparse
+    layer; the export patch leaves transformers' experts dispatch as it found it."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    from autodeploy.export import set_graph_device
+    from autodeploy.models import ModelFactoryRegistry
+    from autodeploy.transforms import InferenceOptimizer
+    from autodeploy.transforms.graph_utils import count_ops
+
+    path, hf_model, _ = moe_checkpoints[arch]
+    factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(str(path))
+    pipeline = {"build_model": {"stage": "factory"}, "export_to_gm": {"stage": "export"}}
+    gm = InferenceOptimizer(factory, pipeline)(None)
+    factory.load_or_random_init(gm, "cpu")
+    set_graph_device(gm, "cpu")
+    assert "get_interface" not in vars(ALL_EXPERTS_FUNCTIONS)  # the patch was reverted
+    sparse_layers = 1 if arch == "qwen2_moe" else 2
+    assert count_ops(gm, torch.ops.auto_deploy.torch_moe) == sparse_layers
+    for batch, seq in ((2, 5), (3, 11)):
+        input_ids = torch.randint(0, 256, (batch, seq))
+        position_ids = torch.arange(seq).repeat(batch, 1)
+        with torch.no_grad():
+            expected = hf_model(input_ids=input_ids, position_ids=position_ids).logits
+            got = gm(input_ids=input_ids, position_ids=position_ids)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 SHORT = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 _EXPERTS = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 # Other transformers MoE families with the same block shape (config class, settings): one per
