@@ -132,7 +132,8 @@ SHORT = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 _EXPERTS = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 # Other transformers MoE families with the same block shape (config class, settings): one per
 # routing style (softmax top-k without renormalization, DeepSeek-style sigmoid + bias with a
-# dense first layer, top-k-then-softmax with a shared expert, Phi-MoE's sparsemixer).
+# dense first layer, top-k-then-softmax with a shared expert, Phi-MoE's sparsemixer,
+# DeepSeek-V3's group-limited top-k).
 FAMILIES = {
     "olmoe": ("OlmoeConfig", dict(num_experts=4, num_experts_per_tok=2)),
     "glm4_moe": (
@@ -152,6 +153,25 @@ FAMILIES = {
         dict(num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=48),
     ),
     "phimoe": ("PhimoeConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    # Group-limited top-k (2 groups, 1 picked). value head dim = key head dim: MLA's cached
+    # attention with a different value dim is not built yet.
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        dict(
+            n_routed_experts=4,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=2,
+            topk_group=1,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=24,
+            num_key_value_heads=4,
+            **_EXPERTS,
+        ),
+    ),
 }
 _TINY = dict(
     vocab_size=256,
