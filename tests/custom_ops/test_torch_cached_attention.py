@@ -276,7 +276,7 @@ def test_torch_descriptor_contract():
         (dict(layout="bnsd"), "match_attention_layout"),
         (dict(dropout_p=0.1), "dropout_p=0.1"),
         (dict(is_causal=False), "is_causal=False"),
-        (dict(v_dim=16), "value head_dim 16"),
+        (dict(v_dim=16), r"v \(2, 3, 2, 16\) disagree on num_kv_heads / head_dim"),
     ],
 )
 def test_unsupported_features_fail_at_build_time(overrides, match):

@@ -16,8 +16,13 @@ from tiny_models import save_tiny
 
 from autodeploy.config import LlmArgs
 from autodeploy.config.layers import DEFAULT_YAML_PATH
-from autodeploy.custom_ops.attention.descriptor import AttentionRegistry, UnsupportedAttentionError
+from autodeploy.custom_ops.attention.descriptor import (
+    ATTENTION_CONVENTION,
+    AttentionRegistry,
+    UnsupportedAttentionError,
+)
 from autodeploy.custom_ops.attention.torch_cached_backend import TorchCachedAttention
+from autodeploy.custom_ops.cached_op import register_convention_fake
 from autodeploy.models import ModelFactoryRegistry
 from autodeploy.transforms import InferenceOptimizer, TransformRegistry
 from autodeploy.transforms.graph_utils import count_ops, placeholders
@@ -90,6 +95,26 @@ def test_rejects_bnsd_layout_with_a_hint():
     _, gm = export_tiny(layout="bnsd")
     with pytest.raises(UnsupportedAttentionError, match="match_attention_layout"):
         build_cached(gm, make_cm())
+
+
+def test_every_node_records_its_backend_and_why_not_the_others(monkeypatch):
+    """auto on CPU: the reference for every layer; an explicit backend that cannot run here is
+    a build-time error naming the reason, before the graph is touched."""
+    from autodeploy.custom_ops.backend_resolver import recorded_choices
+
+    _, gm = export_tiny()
+    gm = build_cached(gm, make_cm())
+    choices = recorded_choices(gm)
+    assert [(c["family"], c["backend"], c["requested"]) for c in choices] == [
+        ("attention", "torch", "auto")
+    ] * 2
+    assert choices[0]["refused"]["triton"] == "auto does not pick it on cpu"
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _, gm = export_tiny()
+    with pytest.raises(UnsupportedAttentionError, match="'triton' cannot replace .*CUDA"):
+        build_cached(gm, make_cm(), backend="triton")
+    assert count_ops(gm, ATTENTION) == 2
 
 
 def test_unknown_backend_is_a_config_error_with_a_suggestion():
@@ -171,9 +196,7 @@ def _cached_with_extra(
     )
 
 
-@_cached_with_extra.register_fake
-def _cached_with_extra_fake(q, *args):
-    return torch.empty_like(q)
+register_convention_fake(_cached_with_extra, ATTENTION_CONVENTION)
 
 
 HOST_CALLS = []
@@ -181,8 +204,11 @@ HOST_CALLS = []
 
 @AttentionRegistry.register("_test_with_prepare")
 class _WithPrepare(TorchCachedAttention):
+    prepared_args = ("end_pos", "doubled")
+    auto_priority = {}  # by name only
+
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.autodeploy_test.cached_with_extra
 
     @classmethod
