@@ -8,11 +8,11 @@ from test_torch_moe import moe_inputs
 
 pytest.importorskip("triton")
 
+from autodeploy.custom_ops.moe.backends import triton_moe_input_problem  # noqa: E402
 from autodeploy.custom_ops.moe.triton_backend import (  # noqa: E402
     BLOCK_M,
     sort_by_expert,
     triton_moe_fused,
-    unsupported_reason,
 )
 
 ad = torch.ops.auto_deploy
@@ -64,8 +64,8 @@ def test_sort_groups_pairs_by_expert_in_padded_blocks():
 
 def test_unsupported_inputs_are_named():
     x = torch.zeros(2, 8, dtype=torch.float64)
-    assert "dtype" in unsupported_reason(x, "silu")
-    assert "relu" in unsupported_reason(x.float(), "relu")
+    assert "dtype" in triton_moe_input_problem(x, "silu")
+    assert "relu" in triton_moe_input_problem(x.float(), "relu")
 
 
 @pytest.mark.gpu

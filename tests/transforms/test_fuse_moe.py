@@ -17,7 +17,7 @@ def _moe_counts(gm):
 
 @pytest.mark.parametrize(
     "backend, expected",
-    [("auto", "grouped"), ("torch", "grouped"), ("triton", "triton")],
+    [("auto", "grouped"), ("torch_grouped", "grouped"), ("triton", "triton"), ("torch", "ref")],
 )
 def test_every_moe_op_runs_the_chosen_kernel(monkeypatch, backend, expected):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -26,7 +26,7 @@ def test_every_moe_op_runs_the_chosen_kernel(monkeypatch, backend, expected):
     before = logits(gm, inputs)
     assert _moe_counts(gm) == {"ref": MOE_LAYERS, "grouped": 0, "triton": 0}
     gm, info = apply(gm, "fuse_moe", backend=backend)
-    assert info.num_matches == MOE_LAYERS
+    assert info.num_matches == (0 if expected == "ref" else MOE_LAYERS)
     assert _moe_counts(gm) == {"ref": 0, "grouped": 0, "triton": 0, expected: MOE_LAYERS}
     after = logits(gm, inputs)
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
@@ -43,6 +43,19 @@ def test_explicit_triton_on_cpu_without_the_interpreter_is_a_reported_problem(mo
 def test_unknown_backend_is_a_config_error():
     with pytest.raises(ConfigError, match="backend"):
         InferenceOptimizer(None, {"fuse_moe": {"stage": "post_load_fusion", "backend": "trtllm"}})
+
+
+def test_build_summary_records_the_choice_per_node(monkeypatch):
+    """With auto on CPU, the resolver picks torch_grouped for every MoE node and says why it
+    did not take triton (auto never picks it off CUDA)."""
+    from autodeploy.custom_ops.backend_resolver import recorded_choices
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    gm, _ = loaded_graph("mixtral")
+    gm, _ = apply(gm, "fuse_moe")
+    rows = [r for r in recorded_choices(gm) if r["family"] == "moe"]
+    assert [r["backend"] for r in rows] == ["torch_grouped"] * MOE_LAYERS
+    assert "auto does not pick it on cpu" in rows[0]["refused"]["triton"]
 
 
 def test_dense_model_is_unchanged():

@@ -24,20 +24,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_kernel import TritonKernel
+from .backends import TRITON_ACTIVATIONS, triton_moe_input_problem
 from .torch_backend import check_moe_args
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-ACTIVATION_IDS = {"silu": 0, "gelu": 1}
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 32
-
-
-def unsupported_reason(hidden_states: Tensor, activation: str) -> str | None:
-    """Why ``triton_moe_fused`` cannot take these inputs (None: it can)."""
-    if activation not in ACTIVATION_IDS:
-        return f"activation {activation!r} (the kernel fuses {sorted(ACTIVATION_IDS)})"
-    if hidden_states.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {hidden_states.dtype}"
-    return None
 
 
 def _gate_up_act(
@@ -187,7 +177,7 @@ def triton_moe_fused(
         down_weight,
         activation,
     )
-    reason = unsupported_reason(hidden_states, activation)
+    reason = triton_moe_input_problem(hidden_states, activation)
     if reason is not None:
         raise ValueError(f"triton_moe_fused does not support {reason}; use torch_moe.")
     tokens, hidden = hidden_states.shape
@@ -211,7 +201,7 @@ def triton_moe_fused(
         top_k,
         hidden,
         inter,
-        ACTIVATION=ACTIVATION_IDS[activation],
+        ACTIVATION=TRITON_ACTIVATIONS[activation],
         BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K,
