@@ -133,6 +133,12 @@ class LlmArgs(BaseSettings):
         description="Most tokens in one step (all sequences together); at least max_seq_len. "
         f"None means max(max_seq_len, {DEFAULT_MAX_NUM_TOKENS}).",
     )
+    max_waiting_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Serving: most requests waiting for admission; the server answers 503 with "
+        "Retry-After beyond it. None: unbounded.",
+    )
     attn_backend: str | None = Field(
         default=None,
         description="Shortcut for transforms.insert_cached_attention.backend; when set "
