@@ -89,9 +89,68 @@ MOE_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# Mamba-2 and hybrid architectures: 8 SSM heads of 16 channels (expand 2), 2 groups, state 16,
+# chunk 8 (so prompts span several chunks); one attention layer in the hybrids.
+_SSM = dict(chunk_size=8, n_groups=2)
+HYBRID_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "mamba2": ("Mamba2Config", {**_SSM, "num_heads": 8, "head_dim": 16, "state_size": 16}),
+    "nemotron_h": (
+        "NemotronHConfig",
+        {
+            **_SSM,
+            **_GQA,
+            "layers_block_type": ["mamba", "attention", "mlp"],
+            "num_hidden_layers": 3,
+            "head_dim": 16,
+            "mamba_num_heads": 8,
+            "mamba_head_dim": 16,
+            "ssm_state_size": 16,
+        },
+    ),
+    "bamba": (
+        "BambaConfig",
+        {
+            **_GQA,
+            "attn_layer_indices": [1],
+            "mamba_n_heads": 8,
+            "mamba_d_head": 16,
+            "mamba_n_groups": 2,
+            "mamba_d_state": 16,
+            "mamba_chunk_size": 8,
+        },
+    ),
+    "granitemoehybrid": (  # dense (no experts): the granite-4.0-h-micro layout
+        "GraniteMoeHybridConfig",
+        {
+            **_GQA,
+            "layer_types": ["mamba", "attention"],
+            "num_local_experts": 0,
+            "mamba_n_heads": 8,
+            "mamba_d_head": 16,
+            "mamba_n_groups": 2,
+            "mamba_d_state": 16,
+            "mamba_chunk_size": 8,
+        },
+    ),
+    "zamba2": (  # a mixer in every layer; layer 1 also runs the shared attention block
+        "Zamba2Config",
+        {
+            **_SSM,
+            "layers_block_type": ["mamba", "hybrid"],
+            "num_key_value_heads": 4,
+            "n_mamba_heads": 8,
+            "mamba_headdim": 16,
+            "mamba_ngroups": 2,
+            "mamba_d_state": 16,
+        },
+    ),
+}
+
+
 def tiny_config(arch: str, **overrides: Any) -> transformers.PretrainedConfig:
-    """A tiny config of ``arch`` (see ARCHITECTURES, MOE_ARCHITECTURES); ``overrides`` win."""
-    class_name, extra = {**ARCHITECTURES, **MOE_ARCHITECTURES}[arch]
+    """A tiny config of ``arch`` (ARCHITECTURES, MOE_ARCHITECTURES, HYBRID_ARCHITECTURES);
+    ``overrides`` win."""
+    class_name, extra = {**ARCHITECTURES, **MOE_ARCHITECTURES, **HYBRID_ARCHITECTURES}[arch]
     config_cls = getattr(transformers, class_name)
     return config_cls(**{**_COMMON, **extra, **overrides})
 

@@ -35,7 +35,6 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ..utils.errors import ConfigError
-from ..utils.logger import logger
 from ..utils.suggest import close_matches
 from .yaml_loader import KeyPath, load_yaml_mapping
 
@@ -282,19 +281,23 @@ def normalize_path_list(value: Any, name: str, source: str = "") -> list[str]:
 
 
 def env_layers(schema: type[BaseModel], environ: Mapping[str, str]) -> list[Layer]:
-    """One layer per ``AUTODEPLOY_*`` variable that names a field; warn about unknown ones."""
+    """One layer per ``AUTODEPLOY_*`` variable that names a field.
+
+    An ``AUTODEPLOY_*`` variable that names no setting (and is not read elsewhere, see
+    ``NON_CONFIG_ENV_VARS``) is a ``ConfigError`` with the close match, at every depth: a typo
+    must not silently run with the default.
+    """
     fields = schema.model_fields
     found: list[tuple[int, str, Layer]] = []
+    unknown: list[str] = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name in NON_CONFIG_ENV_VARS:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
         if parts[0] not in fields or not all(parts):
-            logger.warning(
-                "Ignoring environment variable %s: it is not an autodeploy setting.%s "
-                "Settings are AUTODEPLOY_<FIELD> (nested: AUTODEPLOY_<FIELD>__<KEY>).",
-                name,
-                _suggest_env_var(name, fields),
+            unknown.append(
+                f"Environment variable {name} is not an autodeploy setting."
+                f"{_suggest_env_var(name, fields)}"
             )
             continue
         raw = environ[name]
@@ -306,6 +309,11 @@ def env_layers(schema: type[BaseModel], environ: Mapping[str, str]) -> list[Laye
         for part in reversed(parts):
             nested = {part: nested}
         found.append((len(parts), name, Layer(f"env:{name}", nested)))
+    if unknown:
+        raise ConfigError(
+            f"{' '.join(unknown)} Settings are AUTODEPLOY_<FIELD> (nested: "
+            "AUTODEPLOY_<FIELD>__<KEY>); fix the name or unset the variable."
+        )
     found.sort(key=lambda item: item[0])  # AUTODEPLOY_X before the more specific AUTODEPLOY_X__Y
     return [layer for _, _, layer in found]
 

@@ -29,11 +29,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ..utils.devices import check_device_available
 from ..utils.errors import ConfigError
 from ..utils.suggest import did_you_mean
 from .layers import Provenance, build_layers, iter_leaves, merge_layers, normalize_path_list
 from .model_registry import register_registry_layers
 from .shortcuts import apply_shortcuts, fill_from_defaults
+from .source_checks import check_tokenizer_source, warn_remote_code
 from .validation import (
     annotate_transform_error,
     check_top_level_keys,
@@ -76,6 +78,12 @@ class KvCacheConfig(BaseModel):
     dtype: KvDtypeName = Field(
         default="auto", description="Cache element type; 'auto' uses the model's dtype."
     )
+    mamba_ssm_cache_dtype: KvDtypeName = Field(
+        default="float32",
+        description="Element type of the Mamba SSM state cache ([slots, heads, head_dim, "
+        "state]); 'auto' uses the model's dtype. float32 keeps the recurrence exact over long "
+        "sequences.",
+    )
 
 
 register_registry_layers()  # the registry layers sit between default.yaml and yaml_extra
@@ -114,6 +122,11 @@ class LlmArgs(BaseSettings):
         default=False,
         description="Allow running Python code shipped with a Hugging Face model. Off by "
         "default: only turn it on for sources you trust.",
+    )
+    check_weights: bool = Field(
+        default=True,
+        description="Reject checkpoint tensors holding NaN or Inf when they load (one cheap "
+        "reduction per tensor); false loads them unchecked.",
     )
     dtype: DtypeName = Field(
         default="auto", description="Model dtype; 'auto' takes it from the model config."
@@ -262,6 +275,9 @@ class LlmArgs(BaseSettings):
     def _resolve(self) -> LlmArgs:
         provenance = _BUILDING.get() or Provenance()  # set by __init__, which always runs
         self._check_model_factory(provenance)
+        check_tokenizer_source(self.tokenizer, f"tokenizer{provenance.describe(('tokenizer',))}")
+        if self.trust_remote_code:
+            warn_remote_code(self.model, provenance.describe(("trust_remote_code",)))
         self._resolve_max_num_tokens(provenance)
         self._resolve_transforms(provenance)
         return self
@@ -300,20 +316,29 @@ class LlmArgs(BaseSettings):
             )
 
     def _resolve_transforms(self, provenance: Provenance) -> None:
-        from ..transforms import parse_transform_configs  # lazy: transforms import the config
+        from ..transforms.registry import validate_pipeline  # lazy: transforms import config
 
         pending = apply_shortcuts(self, provenance)
-        try:
-            parsed = parse_transform_configs(self.transforms)
+        try:  # settings, declared stages and the facts of the whole pipeline, before any run
+            parsed = dict(validate_pipeline(self.transforms))
         except ConfigError as exc:
             raise annotate_transform_error(exc, provenance) from None
+        for name, config in parsed.items():  # a layer may leave out a transform's declared stage
+            if "stage" not in self.transforms[name]:
+                self.transforms[name]["stage"] = config.stage.value
+                provenance.set(("transforms", name, "stage"), "default")
         fill_from_defaults(pending, self, parsed, provenance)
 
     # ------------------------------------------------------------------ queries
 
     def resolved_device(self) -> str:
-        """The device to use: 'auto' becomes 'cuda' when CUDA is available, else 'cpu'."""
+        """The device to use: 'auto' becomes 'cuda' when CUDA is available, else 'cpu'.
+
+        An explicit CUDA device on a machine without one is a ``ConfigError`` naming where the
+        setting came from."""
         if self.device != "auto":
+            where = f"device{(self._provenance or Provenance()).describe(('device',))}"
+            check_device_available(self.device, where)
             return self.device
         import torch
 

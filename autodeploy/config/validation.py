@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..utils.errors import ConfigError
 from ..utils.suggest import did_you_mean
+from ..utils.validation_errors import error_line
 from .layers import Provenance
 
 HEADER = "Invalid autodeploy configuration:"
@@ -49,17 +49,10 @@ def describe_validation_error(
             lines.append(text if text.startswith(f"{path}:") else f"{path}: {text}")
             continue
         source = provenance.describe(loc)
-        if err["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            model = model_at(schema, loc[:-1])
-            fields = list(model.model_fields) if model else []
-            valid = f" Valid keys: {', '.join(fields)}." if fields else ""
-            lines.append(f"{path}: unknown key{source}.{did_you_mean(key, fields)}{valid}")
-            continue
-        message = str(cause) if cause is not None else err["msg"]
-        hint = _ENV_JSON_HINT if "from env:" in source and err["type"].endswith("_type") else ""
-        prefix = f"{path}: " if path else ""
-        lines.append(f"{prefix}{message} (got {err.get('input')!r}){source}.{hint}")
+        line = error_line(err, schema, source=source)
+        if "from env:" in source and err["type"].endswith("_type"):
+            line += _ENV_JSON_HINT
+        lines.append(line)
     return ConfigError(_join(lines))
 
 
@@ -73,27 +66,6 @@ def annotate_transform_error(exc: ConfigError, provenance: Provenance) -> Config
             line = f"{line.rstrip()}{provenance.describe(path)}"
         out.append(line)
     return ConfigError("\n".join(out))
-
-
-def model_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class found at key path ``loc`` below ``schema`` (None if not a model)."""
-    current: Any = schema
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return None
-        current = _model_in(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _model_in(annotation: Any) -> Any:
-    """``X`` for ``X`` or ``X | None`` where X is a model class; otherwise the annotation."""
-    for arg in (annotation, *typing.get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
 
 
 def _join(lines: list[str]) -> str:

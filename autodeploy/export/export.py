@@ -10,7 +10,6 @@ original checkpoint unchanged.
 from __future__ import annotations
 
 import contextlib
-import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,7 +18,14 @@ import torch.nn as nn
 from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
 
-from ..utils.errors import ExportError
+from ..utils.errors import ExportError, UnsupportedModelError
+from ..utils.unsupported import (
+    advice,
+    first_line,
+    format_frames,
+    module_from_traceback,
+    what_is_unsupported,
+)
 from .interface import apply_export_patches
 
 # Runtime checks export leaves in the graph; our inputs change shape every step.
@@ -48,7 +54,7 @@ def torch_export_to_gm(
                 model, (), meta_kwargs, dynamic_shapes=dynamic_shapes, strict=strict
             )
         except Exception as exc:
-            raise ExportError(_describe_failure(model_name, exc)) from exc
+            raise _describe_failure(model, model_name, exc) from exc
     gm = program.module()
     _make_plain(gm, list(kwargs))
     _restore_tensors(gm, real_tensors)
@@ -179,22 +185,20 @@ def _get_or_create_submodule(gm: GraphModule, path: str) -> nn.Module:
     return module
 
 
-def _describe_failure(model_name: str, exc: Exception) -> str:
-    """Name the model, the failing construct (innermost user frame) and a hint."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    user = [f for f in frames if "/torch/" not in f.filename and "/autodeploy/" not in f.filename]
-    where = f" at {user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else ""
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = (
-        "Hint: data-dependent control flow (if/while on tensor values, .item(), .tolist()) "
-        "cannot be exported; a model-specific export patch can replace that code."
+def _describe_failure(model: nn.Module, model_name: str, exc: Exception) -> ExportError:
+    """Name the model, the failing module and construct, what is unsupported, and a hint."""
+    module = module_from_traceback(exc, model)
+    where = format_frames(exc, skip=("/torch/", "/autodeploy/"))
+    at = f" at {where}" if where else ""
+    inside = f" in {module.describe()}" if module is not None and module.path else ""
+    message = f"torch.export failed for {model_name}{inside}{at}: {type(exc).__name__}: "
+    message += first_line(exc)
+    unsupported = what_is_unsupported(exc)
+    if unsupported:
+        message += f"\nNot supported: {unsupported}."
+    message += (
+        f"\nHint: {advice(module, exc)} Set AUTODEPLOY_LOG_LEVEL=DEBUG and see the chained "
+        "exception for the full trace."
     )
-    if "meta" in str(exc).lower():
-        hint = (
-            "Hint: the model is traced on the meta device; code that reads tensor values "
-            "(e.g. .item()) or creates tensors on a fixed device fails there."
-        )
-    return (
-        f"torch.export failed for {model_name}{where}: {type(exc).__name__}: {first_line}\n"
-        f"{hint} Set AUTODEPLOY_LOG_LEVEL=DEBUG and see the chained exception for the full trace."
-    )
+    error_type = UnsupportedModelError if module is not None and module.path else ExportError
+    return error_type(message)

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..utils.errors import ConfigError
 from ..utils.logger import logger
+from ..utils.progress import ProgressBar
 
 # Most preferred first: a sharded index, a single file; safetensors before pickle-based .bin.
 _CHECKPOINT_CANDIDATES = (
@@ -47,17 +48,73 @@ def find_checkpoint_files(model_dir: Path) -> list[Path]:
     return []
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def read_state_dict(path: Path, progress: ProgressBar | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of one checkpoint file; a truncated or corrupt file is a ``ConfigError``
+    naming the file (and the tensor, when one tensor is unreadable)."""
+    if path.suffix != ".safetensors":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip and torch errors alike
+            raise _corrupt(path, None, exc) from None
+        if progress is not None:
+            progress.advance(path.stat().st_size)
+        return state
+    from safetensors import safe_open
 
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # SafetensorError: truncated header, bad offsets, ...
+        raise _corrupt(path, None, exc) from None
+    state: dict[str, torch.Tensor] = {}
+    with handle:
+        for key in handle.keys():
+            try:
+                tensor = handle.get_tensor(key)
+            except Exception as exc:
+                raise _corrupt(path, key, exc) from None
+            state[key] = tensor
+            if progress is not None:
+                progress.advance(tensor.numel() * tensor.element_size())
+    return state
 
 
-def iter_checkpoint(files: list[Path]) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
-    for path in files:
-        yield path, read_state_dict(path)
+def _corrupt(path: Path, key: str | None, exc: Exception) -> ConfigError:
+    tensor = f", tensor {key!r}" if key else ""
+    return ConfigError(
+        f"Checkpoint file {str(path)!r}{tensor} cannot be read: {type(exc).__name__}: "
+        f"{str(exc).strip() or 'no details'}. The file is truncated or corrupt (an interrupted "
+        "download or copy?): download or save it again."
+    )
+
+
+def check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Fail on a floating tensor with NaN or Inf (one reduction per tensor; a second only when
+    the sum is not finite, since a sum can overflow where no element does)."""
+    for key, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if torch.isfinite(tensor.sum(dtype=torch.float32)) or torch.isfinite(tensor).all():
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
+        raise ConfigError(
+            f"Checkpoint tensor {key!r} in {str(path)!r} holds {nan} NaN and {inf} Inf values "
+            f"(of {tensor.numel()}): the model would generate garbage. Use an intact checkpoint, "
+            "or set `check_weights: false` to load it anyway."
+        )
+
+
+def iter_checkpoint(
+    files: list[Path], check_weights: bool = True
+) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+    """Read ``files`` one by one under one progress bar (bytes, ETA) for all of them."""
+    total = sum(path.stat().st_size for path in files)
+    with ProgressBar(f"loading {len(files)} checkpoint file(s)", total, unit="bytes") as bar:
+        for path in files:
+            state = read_state_dict(path, bar)
+            if check_weights:
+                check_finite(path, state)
+            yield path, state
 
 
 def materialize_on_device(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -90,11 +147,15 @@ def materialize_on_device(model: nn.Module, device: torch.device, dtype: torch.d
 
 
 def load_checkpoint(
-    model: nn.Module, files: list[Path], rename: Callable[[str], str] | None = None
+    model: nn.Module,
+    files: list[Path],
+    rename: Callable[[str], str] | None = None,
+    check_weights: bool = True,
 ) -> None:
     """Load ``files`` into ``model`` (already materialized); every parameter must be covered.
 
-    ``rename`` maps checkpoint keys to the model's names (legacy names in old checkpoints).
+    ``rename`` maps checkpoint keys to the model's names (legacy names in old checkpoints);
+    ``check_weights`` rejects tensors with NaN or Inf values.
     """
     expected = model.state_dict(keep_vars=True)
     # Names that share one tensor (tied embeddings) count as loaded when any alias is loaded.
@@ -103,8 +164,8 @@ def load_checkpoint(
         aliases.setdefault(id(value), set()).add(key)
     loaded: set[int] = set()
     unexpected: set[str] = set()
-    for path, shard in iter_checkpoint(files):
-        logger.info("loading %s (%d tensors)", path.name, len(shard))
+    for path, shard in iter_checkpoint(files, check_weights):
+        logger.debug("loading %s (%d tensors)", path.name, len(shard))
         if rename is not None:
             shard = {rename(key): value for key, value in shard.items()}
         result = model.load_state_dict(shard, strict=False)

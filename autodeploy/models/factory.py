@@ -30,6 +30,7 @@ class ModelFactory(ABC):
         max_seq_len: int = 2048,
         trust_remote_code: bool = False,
         seed: int = 0,
+        check_weights: bool = True,
     ):
         self.model = model
         self.model_kwargs = dict(model_kwargs or {})
@@ -40,6 +41,7 @@ class ModelFactory(ABC):
         self.max_seq_len = max_seq_len
         self.trust_remote_code = trust_remote_code
         self.seed = seed
+        self.check_weights = check_weights  # reject NaN/Inf checkpoint tensors at load
 
     @abstractmethod
     def build_model(self, device: str | torch.device = "meta") -> nn.Module:
@@ -80,10 +82,6 @@ class ModelFactory(ABC):
         """Sharding hints from the model (e.g. HF ``base_model_tp_plan``)."""
         return {}
 
-    def get_cache_config(self) -> dict[str, Any]:
-        """Cache settings the checkpoint implies (e.g. an fp8 KV cache)."""
-        return {}
-
     def describe(self) -> str:
         return f"{type(self).__name__}({self.model!r})"
 
@@ -105,4 +103,5 @@ def create_factory(args: Any) -> ModelFactory:
         dtype=args.dtype,
         max_seq_len=args.max_seq_len,
         trust_remote_code=args.trust_remote_code,
+        check_weights=getattr(args, "check_weights", True),
     )

@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 from torch.export import Dim
 
-from ..utils.errors import ConfigError
+from ..utils.errors import AutoDeployError, ConfigError, UnsupportedModelError
 from ..utils.logger import logger
 from ..utils.suggest import did_you_mean
+from ..utils.unsupported import advice, first_line, module_from_traceback
 from .checkpoint import find_checkpoint_files, load_checkpoint, materialize_on_device, random_init
 from .factory import ModelFactory, ModelFactoryRegistry
 from .hf_attention import ATTN_IMPLEMENTATION, register_hf_attention
@@ -87,12 +88,17 @@ class AutoModelForCausalLMFactory(ModelFactory):
             dtype=self.torch_dtype,
             trust_remote_code=self.trust_remote_code,
         )
-        if str(device) == "meta":
-            with parameters_on_meta():
-                model = AutoModelForCausalLM.from_config(config, **kwargs)
-        else:
-            with torch.device(device):
-                model = AutoModelForCausalLM.from_config(config, **kwargs)
+        try:
+            if str(device) == "meta":
+                with parameters_on_meta():
+                    model = AutoModelForCausalLM.from_config(config, **kwargs)
+            else:
+                with torch.device(device):
+                    model = AutoModelForCausalLM.from_config(config, **kwargs)
+        except AutoDeployError:
+            raise
+        except Exception as exc:
+            raise _build_failure(config, exc) from exc
         check_moe_support(model)
         self._key_renamer, self._expert_converters = hf_key_conversions(model)
         return model.eval()
@@ -114,7 +120,7 @@ class AutoModelForCausalLMFactory(ModelFactory):
         if files:
             rename = getattr(self, "_key_renamer", None)
             with stack_experts_on_load(model, getattr(self, "_expert_converters", []), rename):
-                load_checkpoint(model, files, rename=rename)
+                load_checkpoint(model, files, rename=rename, check_weights=self.check_weights)
             return
         if not self.skip_loading_weights and not self.is_builtin:
             raise ConfigError(
@@ -163,3 +169,22 @@ def _deep_override(base: dict, overrides: dict, defaults: Any, path: str) -> dic
         else:
             merged[key] = value
     return merged
+
+
+def _build_failure(config: Any, exc: Exception) -> AutoDeployError:
+    """Building the model failed: name the module whose constructor failed, if one did."""
+    arch = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+    module = module_from_traceback(exc)
+    what = f"{type(exc).__name__}: {first_line(exc)}"
+    if module is None:
+        return ConfigError(
+            f"Hugging Face could not build {arch} from its config: {what}. Check the config "
+            "(and `model_kwargs`) against the model's documentation."
+        )
+    hint = (
+        advice(module, exc)
+        if module.kind != "other"
+        else "Check the config (and `model_kwargs`) for this module, or file an issue with the "
+        "model name."
+    )
+    return UnsupportedModelError(f"Building {arch} failed in {module.describe()}: {what}. {hint}")

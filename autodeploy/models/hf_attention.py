@@ -29,7 +29,7 @@ _IGNORED_KWARGS = frozenset(
         "layer_idx",
         "is_causal",
         "position_embeddings",
-        "output_router_logits",  # MoE models: router logits are a training output
+        "output_router_logits",  # MoE models forward their router-logits flag to every layer
     }
 )
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from ..utils.errors import ConfigError
+from ..utils.errors import UnsupportedModelError
 from ..utils.logger import logger
+from ..utils.unsupported import advice, module_owning
 from .moe_checkpoint import ExpertConverter, expert_converter
 
 KeyRenamer = Callable[[str], str]
@@ -48,14 +49,26 @@ def hf_key_conversions(model: nn.Module) -> tuple[KeyRenamer | None, list[Expert
             # checkpoint's key for its error messages)
         for pattern, converter in converter_patterns:
             if pattern.search(key):
-                raise ConfigError(
-                    f"Checkpoint tensor {key!r} needs a layout conversion "
-                    f"({type(converter).__name__} {converter.source_patterns} -> "
-                    f"{converter.target_patterns}) that autodeploy does not apply yet. "
-                    "Re-save the checkpoint with the installed transformers version."
-                )
+                raise unsupported_layout_error(model, key, converter)
         for transform in renames:
             key, _ = transform.rename_source_key(key)
         return key
 
     return rename, expert_stacking
+
+
+def unsupported_layout_error(
+    model: nn.Module, key: str, converter: object
+) -> UnsupportedModelError:
+    """The checkpoint stores ``key`` in a layout its module does not use (e.g. one tensor per
+    expert where the module holds all experts in one): name the module; re-saving cannot help,
+    since the installed transformers writes that same layout."""
+    module = module_owning(model, key)
+    where = module.describe() if module is not None else "its module"
+    sources = getattr(converter, "source_patterns", "?")
+    targets = getattr(converter, "target_patterns", "?")
+    return UnsupportedModelError(
+        f"Checkpoint tensor {key!r} cannot be loaded into {where}: the checkpoint stores it "
+        f"as {sources} and the module holds {targets}, and converting between the two "
+        f"layouts ({type(converter).__name__}) is not supported yet. {advice(module)}"
+    )

@@ -17,6 +17,7 @@ import torch
 from torch.fx import Graph, GraphModule
 
 from .. import custom_ops  # noqa: F401  (registers torch_gather_last_tokens)
+from ..transforms.graph_utils import op_of
 
 _GATHER = torch.ops.auto_deploy.torch_gather_last_tokens.default
 
@@ -41,7 +42,7 @@ def without_logit_gather(model: Any) -> GraphModule | None:
     gm = find_graph_module(model)
     if gm is None:
         return None
-    if not any(n.op == "call_function" and n.target is _GATHER for n in gm.graph.nodes):
+    if not any(n.op == "call_function" and op_of(n) is _GATHER for n in gm.graph.nodes):
         return gm
     graph = Graph()
     graph._codegen = copy.deepcopy(gm.graph._codegen)  # keeps the exported pytree in/out specs
@@ -49,7 +50,7 @@ def without_logit_gather(model: Any) -> GraphModule | None:
     output_value = graph.graph_copy(gm.graph, value_map)
     graph.output(output_value)
     for node in list(graph.nodes):
-        if node.op == "call_function" and node.target is _GATHER:
+        if node.op == "call_function" and op_of(node) is _GATHER:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     full = GraphModule(gm, graph)

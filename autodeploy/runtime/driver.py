@@ -31,6 +31,7 @@ from ..utils.errors import CapacityError, ConfigError, EngineDeadError, QueueFul
 from ..utils.logger import logger
 from .deltas import DeltaTracker, OutputDelta, rejected_delta
 from .engine import Engine
+from .prompts import rejection_message
 from .request import RequestOutput
 from .sampling import SamplingParams
 
@@ -131,7 +132,8 @@ class EngineDriver:
                 try:
                     handle = self.submit(ids, sp, done.put, prompt=text, final_only=True)
                 except CapacityError as exc:
-                    logger.warning("prompt %d rejected: %s", index, exc)
+                    exc = CapacityError(rejection_message(exc, index))  # the index, not an id
+                    logger.warning("%s", exc)
                     results[index] = self.engine.make_rejected(ids, sp, exc, prompt=text)
                     continue
                 pending[handle] = index

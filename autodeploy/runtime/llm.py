@@ -24,11 +24,13 @@ Chat prompts: ``chat(messages, sampling_params)`` applies the tokenizer's chat t
 (``add_generation_prompt=True``) to one conversation (a list of ``{"role", "content"}`` dicts) or
 to a list of conversations.
 
-Errors: bad prompts (token ids outside the vocabulary, strings without a tokenizer, a wrong
-number of sampling params) raise ``ConfigError`` before anything runs. A request that can never
-fit (prompt + max_tokens > max_seq_len, or more than the whole KV cache) does not stop the
-others: its output has ``finish_reason == "error"`` and ``outputs[0].error`` says why with both
-sizes, and a warning is logged.
+Errors: the prompt rules are in ``prompts.py`` (one place): a bad prompt or sampling setting
+(empty prompt, token ids outside the vocabulary, a string without a tokenizer, a wrong number of
+sampling params, infinite temperature, top_k or stop_token_ids beyond the vocabulary) raises
+``ConfigError`` naming the prompt index, before anything runs. A request that can never fit
+(prompt + max_tokens > max_seq_len, or more than the whole KV cache) does not stop the others:
+its output has ``finish_reason == "error"`` and ``outputs[0].error`` says why with the prompt
+index and both sizes, and a warning is logged.
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ from ..utils.logger import logger
 from .builder import BuildResult, build_from_args, check_supported
 from .driver import EngineDriver
 from .engine import Engine
+from .prompts import (
+    Prompt,
+    as_prompt_list,
+    check_token_ids,
+    sampling_params_for,
+    token_ids_of,
+)
 from .request import RequestOutput
 from .sampling import SamplingParams
-
-Prompt = str | Sequence[int]
 
 
 class LLM:
@@ -143,9 +150,13 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt (see the module docstring); outputs in prompt order."""
-        batch = _as_prompt_list(prompts)
-        params = self._params_for(batch, sampling_params)
-        encoded = [self._encode(prompt, i) for i, prompt in enumerate(batch)]
+        batch = as_prompt_list(prompts)
+        vocab = self.factory.vocab_size
+        params = sampling_params_for(len(batch), sampling_params, vocab)
+        encoded = [
+            token_ids_of(prompt, i, self.tokenizer, vocab, self.args.model)
+            for i, prompt in enumerate(batch)
+        ]
         return self._run(encoded, params)
 
     def chat(
@@ -159,7 +170,7 @@ class LLM:
         ``template_kwargs`` go to ``tokenizer.apply_chat_template`` (e.g. ``tools=...``).
         """
         encoded = self.encode_chat(messages, **template_kwargs)
-        params = self._params_for(encoded, sampling_params)
+        params = sampling_params_for(len(encoded), sampling_params, self.factory.vocab_size)
         return self._run(encoded, params)
 
     def encode_chat(
@@ -197,8 +208,12 @@ class LLM:
             (text, tokenizer.encode(text, add_special_tokens=False)) for text in texts
         ]  # the template already holds the special tokens it wants
         for index, (_, ids) in enumerate(encoded):
-            self._check_token_ids(ids, index)
+            check_token_ids(ids, index, self.factory.vocab_size)
         return encoded
+
+    def _encode(self, prompt: Prompt, index: int) -> tuple[str | None, list[int]]:
+        """(text or None, checked token ids) of one prompt (rules: ``prompts.py``)."""
+        return token_ids_of(prompt, index, self.tokenizer, self.factory.vocab_size, self.args.model)
 
     def _run(
         self, encoded: list[tuple[str | None, list[int]]], params: list[SamplingParams]
@@ -207,67 +222,22 @@ class LLM:
         start = time.perf_counter()
         generated_before = engine.stats.generated_tokens
         logger.info(
-            "generating: %d prompts (%d tokens)", len(encoded), sum(len(ids) for _, ids in encoded)
+            "generating for %d prompts (%d prompt tokens)",
+            len(encoded),
+            sum(len(ids) for _, ids in encoded),
         )
         results = self.driver.generate(encoded, params)
         elapsed = time.perf_counter() - start
         generated = engine.stats.generated_tokens - generated_before
         if generated:
             logger.info(
-                "generated %d tokens in %.2f s (%.1f tok/s, %d steps so far)",
+                "generated %d new tokens in %.2f s (%.1f tok/s, %d steps so far)",
                 generated,
                 elapsed,
                 generated / elapsed if elapsed else 0.0,
                 engine.stats.steps,
             )
         return results
-
-    def _params_for(
-        self, batch: list[Any], sampling_params: SamplingParams | Sequence[SamplingParams] | None
-    ) -> list[SamplingParams]:
-        if sampling_params is None:
-            return [SamplingParams()] * len(batch)
-        if isinstance(sampling_params, SamplingParams):
-            return [sampling_params] * len(batch)
-        params = list(sampling_params)
-        if len(params) != len(batch):
-            raise ConfigError(
-                f"generate(): {len(params)} SamplingParams for {len(batch)} prompts; pass one "
-                "for all or exactly one per prompt."
-            )
-        for index, sp in enumerate(params):
-            if not isinstance(sp, SamplingParams):
-                raise ConfigError(
-                    f"generate(): sampling_params[{index}] is a {type(sp).__name__}, not "
-                    "SamplingParams."
-                )
-        return params
-
-    def _encode(self, prompt: Prompt, index: int) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            tokenizer = self.tokenizer
-            if tokenizer is None:
-                raise ConfigError(
-                    f"prompt {index} is a string but {self.args.model!r} has no tokenizer; "
-                    "pass token ids or set `tokenizer`."
-                )
-            ids = list(tokenizer.encode(prompt))
-            self._check_token_ids(ids, index)
-            return prompt, ids
-        ids = list(prompt)
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise ConfigError(f"prompt {index}: token ids must be ints, got {prompt!r:.80}.")
-        self._check_token_ids(ids, index)
-        return None, ids
-
-    def _check_token_ids(self, ids: list[int], index: int) -> None:
-        vocab = self.factory.vocab_size
-        bad = [t for t in ids if t < 0 or (vocab is not None and t >= vocab)]
-        if bad:
-            raise ConfigError(
-                f"prompt {index}: token ids {bad[:5]} are outside the vocabulary "
-                f"(0..{(vocab or 0) - 1})."
-            )
 
     # ------------------------------------------------------------------ lifetime
 
@@ -297,26 +267,3 @@ class LLM:
     def __repr__(self) -> str:
         state = "shut down" if self._build is None else f"device={self.cm.device}"
         return f"LLM(model={self.args.model!r}, {state})"
-
-
-def _as_prompt_list(prompts: Any) -> list[Prompt]:
-    """A string, a list of token ids, or a list of either -> a list of prompts."""
-    if isinstance(prompts, str):
-        return [prompts]
-    if isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, bytearray)):
-        items = list(prompts)
-        if items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-            return [items]  # one prompt of token ids
-        for index, item in enumerate(items):
-            if not isinstance(item, (str, Sequence)) or isinstance(item, (bytes, bytearray)):
-                raise ConfigError(
-                    f"prompts[{index}] is a {type(item).__name__}; a prompt is a string or a "
-                    "list of token ids."
-                )
-        return items
-    if hasattr(prompts, "tolist"):  # a tensor / array of token ids
-        return _as_prompt_list(prompts.tolist())
-    raise ConfigError(
-        f"prompts must be a string, a list of token ids, or a list of either; got "
-        f"{type(prompts).__name__}."
-    )

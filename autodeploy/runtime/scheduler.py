@@ -5,11 +5,11 @@ Every step takes, in this order, until the step's token budget (``max_num_tokens
 1. every running request that is decoding (1 token each);
 2. running requests whose prompt is not fully in the cache yet (chunked-prefill continuations),
    oldest first, as many prompt tokens as the budget allows;
-3. new requests, first come first served, while fewer than ``max_batch_size`` requests run and
-   the KV block manager can reserve the request's whole maximum length (prompt + max new
-   tokens). If the oldest waiting request does not fit, nobody behind it is admitted
-   (no starvation of large requests). A new request whose prompt is longer than the budget left
-   starts with a chunk of it.
+3. new requests, first come first served, while fewer than ``max_batch_size`` requests run, a
+   state slot is free (``slot_manager.py``) and the KV block manager can reserve the request's
+   whole maximum length (prompt + max new tokens). If the oldest waiting request does not fit,
+   nobody behind it is admitted (no starvation of large requests). A new request whose prompt
+   is longer than the budget left starts with a chunk of it.
 
 The batch lists prefill sequences first, then decode sequences (the packed-batch contract).
 Nothing is ever preempted: the reservation made at admission covers the whole request (see
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ..utils.errors import CapacityError
 from .kv_block_manager import KVBlockManager
 from .request import Request, RequestState
+from .slot_manager import SlotManager
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Scheduler:
         self.max_seq_len = max_seq_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
-        self._free_slots = list(range(max_batch_size - 1, -1, -1))
+        self.slots = SlotManager(max_batch_size)  # state slots (Mamba); one per running request
 
     # ------------------------------------------------------------------ queue
 
@@ -104,9 +105,8 @@ class Scheduler:
         if request in self.running:
             self.running.remove(request)
             self.block_manager.free(request.request_id)
-            if request.slot is not None:
-                self._free_slots.append(request.slot)
-                request.slot = None
+            self.slots.free(request.request_id)
+            request.slot = None
         elif request in self.waiting:
             self.waiting.remove(request)
 
@@ -134,11 +134,11 @@ class Scheduler:
         max_running = min(self.max_batch_size, self.max_num_tokens)
         while self.waiting and budget > 0 and len(self.running) < max_running:
             request = self.waiting[0]
-            if not self.block_manager.can_reserve(request.max_total_len):
+            if not self.slots.num_free or not self.block_manager.can_reserve(request.max_total_len):
                 break
             self.waiting.popleft()
             self.block_manager.reserve(request.request_id, request.max_total_len)
-            request.slot = self._free_slots.pop()
+            request.slot = self.slots.take(request.request_id)
             request.state = RequestState.RUNNING
             self.running.append(request)
             chunk = min(request.prompt_len, budget)

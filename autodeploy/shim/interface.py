@@ -22,7 +22,9 @@ its fields; its ``tokens_per_block`` is the page size).
 
 Sizing of the paged pool: with ``kv_cache_config.max_tokens`` set, ``ceil(max_tokens /
 page_size)`` pages plus the scratch page, always. Otherwise ``initial_num_pages`` is what
-``max_batch_size`` sequences of ``max_seq_len`` tokens can use, plus the scratch page; on CUDA the
+``max_batch_size`` sequences of ``max_seq_len`` tokens can use, plus the scratch page (always, when
+no cache is paged: a pure-Mamba model needs no KV pages and the page count only bounds the
+bookkeeping); on CUDA the
 ``resize_kv_cache`` transform then measures a forward at ``max_num_tokens`` and gives the pool
 ``free_gpu_memory_fraction`` of the free memory that remains (``resize_from_free_memory``). On
 CUDA, before that resize, the initial pool is capped at a small estimate (enough pages for one
@@ -141,6 +143,12 @@ class CachedSequenceInterface:
         return sum(h.bytes_per_slot() for h in self._resources.values())
 
     @property
+    def state_bytes(self) -> int:
+        """Bytes of every per-slot state cache together (allocated before the paged pool is
+        sized from free memory, so that sizing leaves room for them)."""
+        return self.bytes_per_slot * self.info.num_state_slots
+
+    @property
     def num_pages(self) -> int | None:
         """Pages in the pool including the scratch page 0 (None before initialization)."""
         return self.info.num_pages
@@ -151,9 +159,11 @@ class CachedSequenceInterface:
 
     def initial_num_pages(self) -> int:
         info, cfg = self.info, self.kv_cache_config
+        full = info.max_batch_size * info.max_pages_per_seq + 1
+        if not self.paged_resources:  # no attention layer (pure Mamba): pages are only numbers
+            return full
         if cfg.max_tokens is not None:
             return math.ceil(cfg.max_tokens / info.page_size) + 1
-        full = info.max_batch_size * info.max_pages_per_seq + 1
         if self.needs_resize():  # sized for real by resize_kv_cache; keep the first pool small
             one_step = math.ceil(info.max_num_tokens / info.page_size) + info.max_batch_size + 1
             return min(full, one_step)
@@ -176,6 +186,15 @@ class CachedSequenceInterface:
                 self.num_usable_pages,
                 self.info.num_pages * self.bytes_per_page / _MIB,
                 len(self.paged_resources),
+            )
+        else:
+            logger.info("no paged KV cache (no attention layer)")
+        if self.state_bytes:
+            logger.info(
+                "state caches: %d slots, %.1f MiB in %d caches",
+                self.info.num_state_slots,
+                self.state_bytes / _MIB,
+                len(self._resources) - len(self.paged_resources),
             )
         return allocated
 

@@ -10,7 +10,7 @@
 Options: ``--preset`` (comma list of ``autodeploy/models/presets/*.yaml``; default
 ``llama3.2-1b,llama3.1-8b`` on CUDA, ``tiny`` on CPU), ``--systems`` (``hf-eager``,
 ``hf-static-compile``, ``ours`` or ``ours:<attn>+<compile>``; default on CUDA ``hf-eager,
-hf-static-compile,ours:triton+torch-cudagraph``, on CPU ``hf-eager,ours:torch+torch-simple``;
+hf-static-compile,ours:triton+torch-cudagraph``, on CPU ``hf-eager,ours`` (sdpa+torch-direct);
 FlashInfer only when named, its kernels are compiled on first use), ``--isl``/``--osl``
 (128/128), ``--batch-sizes`` (1,16), ``--repeats`` (best of, >= 3 by default), ``--dtype``
 (bfloat16), ``--device``, ``--out FILE`` (JSON list of records, rewritten after every record),
@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from ..utils.errors import ConfigError
+from ..utils.exit_codes import tool_main
 from .bench_measure import leading_equal, measure
 from .bench_options import build_parser, resolve
 from .bench_presets import weight_bytes_per_step, write_model_dir
@@ -226,6 +226,7 @@ def run_benchmark(ns: argparse.Namespace, log: Progress | None = None) -> list[d
     return records
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if not ns.verbose:
@@ -239,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.logging.set_verbosity_error()
-    try:
-        records = run_benchmark(ns)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    records = run_benchmark(ns)  # a ConfigError ends the run with exit status 2
     print(format_table(records), flush=True)
     if ns.out:
         print(f"wrote {len(records)} records to {ns.out}", flush=True)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import cli_help_text, parse_cli
 from ..utils.errors import ConfigError
+from ..utils.exit_codes import tool_main
 
 PROG = "python -m autodeploy.tools.bench_serving"
 
@@ -178,6 +179,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
     try:
         parsed = parse_cli(argv, settings=BenchServingOptions)

@@ -23,7 +23,9 @@ Options: every ``LlmArgs`` setting as ``--<setting>`` or ``--args.<setting>[.<ke
   explicitly.
 - ``--dry-run``: print the resolved configuration with the source of every value, and exit.
 
-Exit status: 0 success, 2 configuration error (message with a suggestion), 1 build/run error.
+Exit status (the rule of every tool, ``autodeploy/utils/exit_codes.py``): 0 success; 2 bad input
+or configuration, including a prompt that failed (e.g. longer than ``max_seq_len``); 1 an
+internal error; 141 when the output pipe is closed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import LlmArgs, cli_help_text, parse_cli, print_resolved_config
-from ..utils.errors import AutoDeployError, ConfigError
+from ..utils.errors import ConfigError
+from ..utils.exit_codes import EXIT_BAD_INPUT, EXIT_OK, tool_main
 from ..utils.logger import logger
 from ..utils.suggest import close_matches
 
@@ -221,56 +224,58 @@ def run_benchmark(llm: Any, cfg: BenchmarkConfig) -> dict[str, Any]:
     }
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-    try:
-        if argv is None:
-            argv = sys.argv[1:]
-        if "-h" in argv or "--help" in argv:
-            print(f"usage: {PROG} [options]\n\n{__doc__}\n{cli_help_text(GROUPS, FLAGS)}")
-            return 0
-        args, prompt_cfg, bench_cfg, dry_run = resolve(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: {PROG} [options]\n\n{__doc__}\n{cli_help_text(GROUPS, FLAGS)}")
+        return EXIT_OK
+    args, prompt_cfg, bench_cfg, dry_run = resolve(argv)
     if dry_run:
         print_resolved_config(args)
         print(f"# prompt: {prompt_cfg.model_dump()}")
         print(f"# benchmark: {bench_cfg.model_dump()}")
-        return 0
+        return EXIT_OK
 
     from ..runtime.llm import LLM
 
-    try:
-        start = time.perf_counter()
-        with LLM.from_args(args) as llm:
-            logger.info("build done in %.1f s", time.perf_counter() - start)
-            queries = prompt_cfg.prompts()
-            params = _sampling_params(prompt_cfg.sampling_kwargs())
-            outputs = llm.generate(queries, params)
-            for index, output in enumerate(outputs):
-                completion = output.outputs[0]
-                print(f"[{index}] prompt: {output.prompt!r}")
-                print(
-                    f"[{index}] output: {completion.text!r} ({len(completion.token_ids)} "
-                    f"tokens, {completion.finish_reason})"
-                )
-                if completion.error:
-                    print(f"[{index}] error: {completion.error}")
-            if bench_cfg.enabled:
-                results = run_benchmark(llm, bench_cfg)
-                print(json.dumps(results, indent=2))
-                if bench_cfg.results_path:
-                    path = Path(bench_cfg.results_path)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(results, indent=2) + "\n")
-                    logger.info("benchmark results written to %s", path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except AutoDeployError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    start = time.perf_counter()
+    with LLM.from_args(args) as llm:
+        logger.info("build done in %.1f s", time.perf_counter() - start)
+        outputs = llm.generate(prompt_cfg.prompts(), _sampling_params(prompt_cfg.sampling_kwargs()))
+        failed = print_outputs(outputs)
+        if bench_cfg.enabled:
+            results = run_benchmark(llm, bench_cfg)
+            print(json.dumps(results, indent=2))
+            if bench_cfg.results_path:
+                path = Path(bench_cfg.results_path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(results, indent=2) + "\n")
+                logger.info("benchmark results written to %s", path)
+    if failed:
+        print(
+            f"error: {failed} of {len(outputs)} prompts failed (see their errors above).",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def print_outputs(outputs: list[Any]) -> int:
+    """Print every prompt and completion; return how many prompts failed."""
+    failed = 0
+    for index, output in enumerate(outputs):
+        completion = output.outputs[0]
+        print(f"[{index}] prompt: {output.prompt!r}")
+        print(
+            f"[{index}] output: {completion.text!r} ({len(completion.token_ids)} "
+            f"generated tokens, {completion.finish_reason})"
+        )
+        if completion.error:
+            failed += 1
+            print(f"[{index}] error: {completion.error}")
+    return failed
 
 
 if __name__ == "__main__":

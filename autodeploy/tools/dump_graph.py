@@ -3,10 +3,16 @@
     python -m autodeploy.tools.dump_graph --out DIR [--model M] [--yaml-extra a.yaml ...]
         [--stop-after NAME] [--disable A,B] [--args.X.Y=V ...]
 
-Writes into DIR:
+Writes into DIR (created if missing; it may hold other files):
   NNN_<transform>.txt   the graph after that transform, as FX code (one per transform that ran)
   config.yaml           the resolved configuration, with the source of every value
   summary.txt           transform, stage, matches, ms, skipped (+ problems and coverage)
+  .autodeploy-dump-manifest   the names of the files above
+
+A new dump into the same DIR first removes the files the manifest lists, and only those: your
+own files in DIR are never deleted, and a file of yours with one of the names above is an error
+(exit status 2), not overwritten. Exit status: 0 ok, 2 bad input or configuration, 1 internal
+error.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from ..transforms.instruments import (
     format_summary,
 )
 from ..transforms.optimizer import META_KEY
-from ..utils.errors import AutoDeployError, ConfigError
+from ..utils.dump_dir import DumpDirectory
+from ..utils.errors import ConfigError
+from ..utils.exit_codes import tool_main
 from ..utils.logger import logger
 from ..utils.suggest import did_you_mean
 
@@ -53,7 +61,7 @@ def select_transforms(
     return selected
 
 
-def write_summary(path: Path, gm: Any) -> str:
+def write_summary(files: DumpDirectory, gm: Any) -> str:
     meta = getattr(gm, "meta", {}).get(META_KEY, {})
     records: list[TransformRecord] = meta.get("records", [])
     lines = [format_summary(records)] if records else ["(no transform ran)"]
@@ -66,41 +74,39 @@ def write_summary(path: Path, gm: Any) -> str:
     if choices:
         lines += ["", "backends per op family:", format_backend_table(choices)]
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    files.write_text("summary.txt", text)
     return text
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cli = parse_cli(argv, flags=FLAGS)
-        if cli.get("help"):
-            print(__doc__)
-            print(cli_help_text(flags=FLAGS))
-            return 0
-        if not cli.get("out"):
-            raise ConfigError("--out DIR is required (where the graph dumps go).")
-        out = Path(cli["out"])
-        args = LlmArgs.from_cli(cli["args"])
-        disable = [d for d in str(cli.get("disable") or "").split(",") if d]
-        selected = select_transforms(args.to_dict()["transforms"], cli.get("stop_after"), disable)
-        out.mkdir(parents=True, exist_ok=True)
-        config_text = format_resolved_config(args)
-        instruments = [
-            *[i for i in default_instruments() if not isinstance(i, GraphDumpInstrument)],
-            GraphDumpInstrument(out),
-        ]
-        optimizer = InferenceOptimizer(
-            create_factory(args), selected, strict=args.strict, instruments=instruments
-        )
-        cm = _sequence_interface(args, selected)
-        gm = optimizer(cm)
-        (out / "config.yaml").write_text(config_text)
-        print(write_summary(out / "summary.txt", gm))
-        print(f"graphs written to {out}")
+    cli = parse_cli(argv, flags=FLAGS)
+    if cli.get("help"):
+        print(__doc__)
+        print(cli_help_text(flags=FLAGS))
         return 0
-    except AutoDeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not cli.get("out"):
+        raise ConfigError("--out DIR is required (where the graph dumps go).")
+    out = Path(cli["out"])
+    args = LlmArgs.from_cli(cli["args"])
+    disable = [d for d in str(cli.get("disable") or "").split(",") if d]
+    selected = select_transforms(args.to_dict()["transforms"], cli.get("stop_after"), disable)
+    out.mkdir(parents=True, exist_ok=True)
+    config_text = format_resolved_config(args)
+    instruments = [
+        *[i for i in default_instruments() if not isinstance(i, GraphDumpInstrument)],
+        GraphDumpInstrument(out),
+    ]
+    optimizer = InferenceOptimizer(
+        create_factory(args), selected, strict=args.strict, instruments=instruments
+    )
+    cm = _sequence_interface(args, selected)
+    gm = optimizer(cm)
+    files = DumpDirectory(out)
+    files.write_text("config.yaml", config_text)
+    print(write_summary(files, gm))
+    print(f"graphs written to {out}")
+    return 0
 
 
 def _sequence_interface(args: LlmArgs, selected: dict[str, Any]) -> Any:

@@ -25,6 +25,7 @@ includes a device synchronisation). The GPU benchmark with real models is
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -33,6 +34,8 @@ import torch
 from ..runtime.engine import Engine
 from ..runtime.sampling import SamplingParams
 from ..shim import ARG_NAMES, CachedSequenceInterface
+from ..utils.devices import check_device_available
+from ..utils.exit_codes import EXIT_OK, tool_main
 
 _WARMUP_STEPS = 20
 
@@ -161,8 +164,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+def measure(argv: list[str] | None = None) -> list[dict[str, float]]:
+    """Parse ``argv``, print the table and return its rows."""
     args = parse_args(argv)
+    check_device_available(args.device, "--device")
     rows = []
     print(f"host work per decode step (us), device={args.device}, prompt={args.prompt_len}, "
           f"page_size={args.page_size}, best of {args.repeats} x {args.steps} steps")  # fmt: skip
@@ -178,5 +183,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     return rows
 
 
+@tool_main
+def main(argv: list[str] | None = None) -> int:
+    measure(argv)
+    return EXIT_OK
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

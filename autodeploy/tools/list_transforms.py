@@ -2,8 +2,8 @@
 
     python -m autodeploy.tools.list_transforms [--json] [--stage STAGE] [NAME ...]
 
-The stage shown is the one ``default.yaml`` gives the transform ("-" for transforms that are
-registered but not in the default pipeline, e.g. from plugins).
+The stage shown is the one the transform declares (else the one ``default.yaml`` gives it; "-"
+for neither), followed by the facts it requires, uses, provides and invalidates.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import sys
 from typing import Any
 
 from ..transforms import Stages, TransformConfig, TransformRegistry
-from ..utils.errors import RegistryError
+from ..utils.exit_codes import tool_main
 
 _COMMON_FIELDS = set(TransformConfig.model_fields)
+_FACT_KINDS = ("requires", "uses", "provides", "invalidates")
 
 
 def default_stages() -> dict[str, str]:
@@ -50,7 +51,9 @@ def describe(name: str, stage: str) -> dict[str, Any]:
         )
     return {
         "name": name,
-        "stage": stage,
+        "stage": cls.stage.value if cls.stage is not None else stage,
+        "optional": cls.optional,
+        **{kind: [f.name for f in getattr(cls, kind)] for kind in _FACT_KINDS},
         "summary": summary,
         "details": details.strip(),
         "fields": fields,
@@ -65,6 +68,9 @@ def _type_name(annotation: Any) -> str:
 
 def _format(entry: dict[str, Any]) -> str:
     lines = [f"{entry['name']}  [stage: {entry['stage']}]", f"    {entry['summary']}"]
+    facts = [f"{kind}: {', '.join(entry[kind])}" for kind in _FACT_KINDS if entry[kind]]
+    if facts or not entry["optional"]:
+        lines.append(f"    {'; '.join([*facts, *([] if entry['optional'] else ['not optional'])])}")
     for line in entry["details"].splitlines():
         lines.append(f"    {line}" if line.strip() else "")
     if entry["fields"]:
@@ -77,6 +83,7 @@ def _format(entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autodeploy.tools.list_transforms", description=__doc__.split("\n")[0]
@@ -90,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     in_pipeline = [n for n in stages if TransformRegistry.has(n)]
     others = [n for n in TransformRegistry.names() if n not in stages]
     names = opts.names or (in_pipeline + others)
-    try:
-        entries = [describe(n, stages.get(n, "-")) for n in names]
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    entries = [describe(n, stages.get(n, "-")) for n in names]  # unknown name: exit 2
     if opts.stage:
         entries = [e for e in entries if e["stage"] == opts.stage]
     if opts.json:

@@ -48,10 +48,12 @@ from ..config.model_registry.loader import registry_dir
 from ..config.model_registry.validation import check_registry
 from ..config.yaml_loader import dump_yaml_value
 from ..utils.errors import ConfigError
+from ..utils.exit_codes import tool_main
 
 PROG = "python -m autodeploy.tools.registry"
 
 
+@tool_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     opts, rest = parser.parse_known_args(argv)

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import LlmArgs, cli_help_text, parse_cli
 from ..utils.errors import AutoDeployError, ConfigError
+from ..utils.exit_codes import report_error, tool_main
 from ..utils.logger import logger
 
 PROG = "python -m autodeploy.tools.serve"
@@ -56,6 +57,7 @@ def _flag(parsed: dict[str, Any], name: str, default: Any) -> Any:
     return parsed.get(name, default)
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -95,12 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for backend in app.state.backends.values():
                 backend.shutdown()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except AutoDeployError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)  # the exit-code rule of every tool
     return 0
 
 

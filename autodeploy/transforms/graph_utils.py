@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -64,13 +64,23 @@ def run_shape_prop(gm: GraphModule) -> None:
         mode.allow_non_fake_inputs = prev
 
 
+# node.meta key set by the torch-direct compile backend: the op a direct function call stands for.
+DIRECT_CALL_OF = "autodeploy_direct_call_of"
+
+
+def op_of(node: Node) -> Any:
+    """The op a node calls: its target, or for a direct call (torch-direct) the op it replaced."""
+    return node.meta.get(DIRECT_CALL_OF, node.target)
+
+
 def is_op(node: Node, ops: OpLike | Iterable[OpLike]) -> bool:
-    """True if ``node`` calls one of ``ops`` (an overload packet matches all its overloads)."""
+    """True if ``node`` calls one of ``ops`` (an overload packet matches all its overloads; a
+    direct call made by torch-direct counts as the op it replaced)."""
     if node.op != "call_function":
         return False
     if not isinstance(ops, (list, tuple, set, frozenset)):
         ops = (ops,)
-    target = node.target
+    target = op_of(node)
     for op in ops:
         if target is op:
             return True
@@ -123,25 +133,7 @@ def get_attr_value(gm: GraphModule, node: Node) -> Any:
     return value
 
 
-def replace_with(node: Node, new: Node) -> None:
-    """Point every user of ``node`` at ``new`` and drop ``node``."""
-    node.replace_all_uses_with(new)
-    node.graph.erase_node(node)
-
-
 def named_graphmodules(mod: torch.nn.Module) -> Iterable[tuple[str, GraphModule]]:
     for name, sub in mod.named_modules():
         if isinstance(sub, GraphModule):
             yield name, sub
-
-
-def map_targets(gm: GraphModule, mapping: dict[OpLike, Callable]) -> int:
-    """Swap call targets (same signature) per ``mapping``; return how many nodes changed."""
-    changed = 0
-    for node in gm.graph.nodes:
-        for src, dst in mapping.items():
-            if is_op(node, src):
-                node.target = dst
-                changed += 1
-                break
-    return changed

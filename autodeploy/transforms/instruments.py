@@ -3,9 +3,10 @@
 An instrument sees a transform before and after it runs; transforms never know about them.
 The optimizer builds the default set from the environment:
 
-- timing and the per-transform log line (always),
+- timing, the per-transform log line (DEBUG) and one progress line per stage (always),
 - ``AUTODEPLOY_DUMP_GRAPHS_DIR=dir``: ``dir/NNN_<transform>.txt`` after each transform, plus the
-  resolved configuration as ``dir/config.yaml``,
+  resolved configuration as ``dir/config.yaml``; when a transform fails, the graph before it as
+  ``dir/NNN_<transform>.FAILED.txt`` (with the error),
 - ``AUTODEPLOY_VERIFY_GRAPHS=1``: lint and re-generate code of the graph after each transform,
 - CUDA memory deltas when a GPU is in use.
 """
@@ -23,6 +24,7 @@ import torch.nn as nn
 import yaml
 from torch.fx import GraphModule
 
+from ..utils.dump_dir import DumpDirectory
 from ..utils.logger import logger
 from .interface import Stages, TransformInfo
 
@@ -68,6 +70,13 @@ class Instrument:
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         pass
 
+    def on_build_end(self) -> None:
+        pass
+
+    def on_failure(self, record: TransformRecord, exc: BaseException) -> str | None:
+        """The transform raised ``exc``; return where debugging material was saved, if any."""
+        return None
+
 
 class TimingInstrument(Instrument):
     def before(self, record: TransformRecord, mod: nn.Module) -> None:
@@ -82,7 +91,7 @@ class LogInstrument(Instrument):
         if record.status == "disabled":
             logger.debug("disabled")
             return
-        logger.info(
+        logger.debug(  # the compact view shows stages; the summary lists every transform
             "num_matches=%d skipped=%s time=%.1fms%s",
             record.info.num_matches,
             record.info.skipped or record.status != "ran",
@@ -98,26 +107,42 @@ class GraphDumpInstrument(Instrument):
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
+        self.files = DumpDirectory(directory)  # removes and overwrites only its own files
+        self._code_before = ""  # the graph as it was before the running transform
+        self._config = ""
 
     def on_build_start(self, resolved_config: dict[str, Any] | None) -> None:
-        if self.directory.exists():
-            for old in self.directory.glob("[0-9][0-9][0-9]_*.txt"):
-                old.unlink()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.files.clear_previous()
+        self._config = ""
         if resolved_config is not None:
-            text = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
-            (self.directory / "config.yaml").write_text(text)
+            self._config = yaml.safe_dump(_plain(resolved_config), sort_keys=False)
+            self.files.write_text("config.yaml", self._config)
+
+    def before(self, record: TransformRecord, mod: nn.Module) -> None:
+        # Kept as text: a failing transform may leave the graph half rewritten.
+        self._code_before = mod.code if isinstance(mod, GraphModule) else repr(mod)
+
+    def on_failure(self, record: TransformRecord, exc: BaseException) -> str | None:
+        lines = [
+            f"transform={record.name} stage={record.stage.value} FAILED",
+            *f"{type(exc).__name__}: {exc}".splitlines(),
+            "the graph before it:",
+        ]
+        text = "".join(f"# {line}\n" for line in lines) + self._code_before
+        path = self.files.write_text(f"{record.index:03d}_{record.name}.FAILED.txt", text)
+        config = self.directory / "config.yaml"
+        return f"{path}, {config}" if self._config else str(path)
 
     def after(self, record: TransformRecord, mod: nn.Module) -> None:
         if record.status == "disabled":
             return
-        path = self.directory / f"{record.index:03d}_{record.name}.txt"
+        name = f"{record.index:03d}_{record.name}.txt"
         header = (
             f"# transform={record.name} stage={record.stage.value} status={record.status} "
             f"num_matches={record.info.num_matches}\n"
         )
         body = mod.code if isinstance(mod, GraphModule) else repr(mod)
-        path.write_text(header + body)
+        self.files.write_text(name, header + body)
 
 
 class VerifyInstrument(Instrument):
@@ -153,7 +178,9 @@ class CudaMemoryInstrument(Instrument):
 
 
 def default_instruments() -> list[Instrument]:
-    instruments: list[Instrument] = [TimingInstrument(), LogInstrument()]
+    from .stage_progress import StageProgressInstrument  # it subclasses Instrument
+
+    instruments: list[Instrument] = [TimingInstrument(), LogInstrument(), StageProgressInstrument()]
     if os.environ.get(DUMP_DIR_ENV):
         instruments.append(GraphDumpInstrument(os.environ[DUMP_DIR_ENV]))
     if os.environ.get(VERIFY_ENV, "0") not in ("", "0", "false", "False"):

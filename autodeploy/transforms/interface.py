@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Stages(str, enum.Enum):
@@ -104,16 +105,33 @@ class BuildProblem(BaseModel):
 
 
 class SharedConfig(BaseModel):
-    """State shared by all transforms of one build: distributed layout and cross-transform data.
-
-    Transforms may attach their own entries (``extra="allow"``), e.g. a sharding plan that the
-    detection transform writes and the executor reads. ``problems`` collects what the end-of-build
-    summary reports.
+    """State shared by all transforms of one build: the distributed layout and the typed
+    channel between transforms. Unknown fields are errors (``extra="forbid"``): a transform that
+    needs to hand something to a later one adds a typed field here.
     """
 
-    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    local_rank: int = Field(default=0, description="This process's rank.")
-    world_size: int = Field(default=1, description="Number of ranks the model is split over.")
+    world_size: int = Field(default=1, ge=1, description="Number of ranks the model is split over.")
+    rank: int = Field(default=0, ge=0, description="This process's global rank, < world_size.")
+    local_rank: int = Field(
+        default=0, ge=0, description="This process's rank on its node (picks the GPU)."
+    )
+    sharding_plan: Any = Field(
+        default=None,
+        description="How to split the graph over the ranks: written by `detect_sharding`, read by "
+        "`sharding_transform_executor` (the facts SHARDING_PLAN / WEIGHTS_SHARDED). None until "
+        "detection ran; its type is the sharding module's plan class.",
+    )
     strict: bool = Field(default=False, description="Turn reported problems into errors.")
-    problems: list[BuildProblem] = Field(default_factory=list)
+    problems: list[BuildProblem] = Field(
+        default_factory=list, description="What the end-of-build summary reports."
+    )
+
+    @model_validator(mode="after")
+    def _rank_in_world(self) -> SharedConfig:
+        if self.rank >= self.world_size:
+            raise ValueError(
+                f"rank={self.rank} is not below world_size={self.world_size}: ranks count from 0."
+            )
+        return self

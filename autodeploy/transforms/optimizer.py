@@ -12,12 +12,21 @@ import torch.nn as nn
 from torch.fx import GraphModule
 
 from ..custom_ops.backend_resolver import format_backend_table, recorded_choices
-from ..utils.errors import AutoDeployError, BuildError, TransformError
+from ..utils.errors import AutoDeployError, BuildError, ConfigError, TransformError
 from ..utils.logger import log_prefix, logger
+from ..utils.unsupported import graph_failure_note
 from .base import BaseTransform
-from .instruments import Instrument, TransformRecord, default_instruments, format_summary
+from .facts import CACHE_INTERFACE, MODEL_FACTORY
+from .instruments import (
+    DUMP_DIR_ENV,
+    Instrument,
+    TransformRecord,
+    default_instruments,
+    format_summary,
+)
 from .interface import BuildProblem, SharedConfig, TransformConfig, TransformInfo
-from .registry import TransformRegistry, parse_transform_configs
+from .pipeline_check import PipelineStep, check_facts
+from .registry import TransformRegistry, validate_pipeline
 
 if TYPE_CHECKING:
     from ..models.factory import ModelFactory
@@ -30,8 +39,10 @@ class InferenceOptimizer:
     """Runs the configured transforms: ``gm = InferenceOptimizer(factory, cfg)(cm)``.
 
     ``config`` maps transform names to their settings (dicts or ``TransformConfig``s). The whole
-    mapping is validated before anything runs. Transforms run ordered by stage; within a stage in
-    the mapping's order (a stable sort). The result's ``meta['_autodeploy']`` holds the history.
+    mapping is validated before anything runs: every transform's settings, its declared stage
+    and the facts the pipeline's transforms require and provide (``registry.validate_pipeline``).
+    Transforms run ordered by stage; within a stage in the mapping's order (a stable sort). The
+    result's ``meta['_autodeploy']`` holds the history.
     """
 
     def __init__(
@@ -48,8 +59,9 @@ class InferenceOptimizer:
 
         load_plugins()  # AUTODEPLOY_PLUGINS may have been set after `import autodeploy`
         self.factory = factory
-        parsed = parse_transform_configs(config)
-        ordered = sorted(parsed.items(), key=lambda item: item[1].stage.order)
+        # The cache interface is only known when the optimizer is called: checked again then.
+        given = (CACHE_INTERFACE, *((MODEL_FACTORY,) if factory is not None else ()))
+        ordered = validate_pipeline(config, given)
         self.transforms: list[tuple[str, BaseTransform]] = [
             (name, TransformRegistry.get(name)(cfg)) for name, cfg in ordered
         ]
@@ -64,6 +76,8 @@ class InferenceOptimizer:
     def __call__(
         self, cm: CachedSequenceInterface | None, mod: nn.Module | None = None
     ) -> nn.Module:
+        if cm is None:
+            self._check_inputs()
         mod = mod if mod is not None else nn.Module()
         shared = self.shared_config
         history: OrderedDict[str, TransformInfo] = OrderedDict()
@@ -85,6 +99,8 @@ class InferenceOptimizer:
                 for hook in self.instruments:
                     hook.after(record, mod)
 
+        for hook in self.instruments:
+            hook.on_build_end()
         logger.info("build summary:\n%s", format_summary(records))
         choices = recorded_choices(mod)
         if choices:
@@ -96,6 +112,17 @@ class InferenceOptimizer:
             torch.cuda.empty_cache()
         gc.collect()
         return mod
+
+    def _check_inputs(self) -> None:
+        """Called without a cache interface: fail before anything runs if a transform needs it."""
+        steps = [
+            PipelineStep(name, type(t), t.config.stage, t.config.enabled)
+            for name, t in self.transforms
+        ]
+        given = (MODEL_FACTORY,) if self.factory is not None else ()
+        lines = check_facts(steps, given)
+        if lines:
+            raise ConfigError("Cannot run the pipeline:\n  " + "\n  ".join(lines))
 
     def _run_one(
         self,
@@ -118,8 +145,10 @@ class InferenceOptimizer:
         try:
             new_mod, info = transform(mod, cm, self.factory, shared, last_info)
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
+            message = f"{type(exc).__name__}: {exc}{graph_failure_note(exc, mod)}"
             where = f"Transform {transform.name!r} (stage {cfg.stage.value})"
+            places = self._dump_failure(record, exc)
+            dumped = _dump_note(places)
             if cfg.skip_on_error and not shared.strict:
                 record.status, record.error = "failed", message
                 record.info = TransformInfo(skipped=True)
@@ -136,16 +165,43 @@ class InferenceOptimizer:
             if cfg.skip_on_error:
                 raise BuildError(
                     f"{where} failed and strict mode does not allow skip_on_error: {message}"
+                    f"{dumped}"
                 ) from exc
-            if isinstance(exc, AutoDeployError):
+            if isinstance(exc, AutoDeployError):  # its message already says what to do
+                if places:
+                    logger.error("%s failed;%s", where, dumped)
                 raise
-            raise TransformError(
-                f"{where} failed: {message}. Set `transforms.{transform.name}.enabled: false` "
-                f"to run without it, or `skip_on_error: true` to skip it when it fails."
-            ) from exc
+            raise TransformError(f"{where} failed: {message}.{remedy(transform)}{dumped}") from exc
         record.status = "ran"
         record.info = info
         return new_mod, info
+
+    def _dump_failure(self, record: TransformRecord, exc: BaseException) -> list[str]:
+        """Let the instruments save what helps debug ``exc``; where they saved it."""
+        return [
+            place
+            for hook in self.instruments
+            if (place := hook.on_failure(record, exc)) is not None
+        ]
+
+
+def _dump_note(places: list[str]) -> str:
+    if not places:
+        return f" (Set {DUMP_DIR_ENV}=<dir> to save the graph before it and the configuration.)"
+    return " The graph before it and the resolved configuration: " + ", ".join(places) + "."
+
+
+def remedy(transform: BaseTransform) -> str:
+    """What to do about a failure of ``transform``: its own hint; the generic way around it only
+    when the build can go on without it."""
+    name = transform.name
+    hint = f" {transform.failure_hint}" if transform.failure_hint else ""
+    if not transform.optional:
+        return f"{hint} ({name} is required: the build cannot go on without it.)"
+    return (
+        f"{hint} Set `transforms.{name}.enabled: false` to run without it, or "
+        "`skip_on_error: true` to skip it when it fails."
+    )
 
 
 def _store_meta(

@@ -20,6 +20,10 @@ class ExportError(AutoDeployError):
     """torch.export could not capture the model."""
 
 
+class UnsupportedModelError(ExportError):
+    """A part of the model (named in the message) is something autodeploy cannot run."""
+
+
 class TransformError(AutoDeployError):
     """A transform failed while rewriting the graph."""
 

@@ -1,5 +1,8 @@
 """The package logger: level from AUTODEPLOY_LOG_LEVEL, rank-aware, with a context prefix.
 
+INFO messages logged inside a transform (under a ``log_prefix``) are shown only at DEBUG: the
+default view is one progress line per stage plus the build summary (``utils/progress.py``).
+
 Ranks other than 0 log warnings and errors only, unless AUTODEPLOY_LOG_ALL_RANKS=1, so a
 multi-rank run prints one copy of the progress output.
 """
@@ -26,6 +29,8 @@ class _ContextFilter(logging.Filter):
                 return False
         record.ad_rank = f" rank={_rank}" if _rank else ""
         prefix = _prefix.get()
+        if prefix and record.levelno == logging.INFO and not logger.isEnabledFor(logging.DEBUG):
+            return False  # details from inside a transform: DEBUG only (the summary has them)
         record.ad_prefix = f"{prefix} " if prefix else ""
         return True
 

@@ -8,6 +8,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def powers_of_two_below(limit: int) -> list[int]:
+    """1, 2, 4, ... while smaller than ``limit`` (empty for ``limit <= 1``)."""
+    return [1 << exponent for exponent in range(max(0, int(limit) - 1).bit_length())]
+
+
 def ceil_div(a: int, b: int) -> int:
     """``ceil(a / b)`` for integers, without floats."""
     return -(-a // b)

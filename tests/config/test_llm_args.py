@@ -105,8 +105,11 @@ def test_new_transform_is_appended_to_keep_run_order(write_yaml):
     assert args.transforms["_test_cfg_dummy_a"] == {"stage": "export", "enabled": False}
 
 
-def test_literal_interpolation_survives_all_layers(write_yaml, monkeypatch):
+def test_literal_interpolation_survives_all_layers(write_yaml, monkeypatch, tmp_path):
     a = write_yaml("a.yaml", "model_kwargs:\n  name: ${oc.env:HOME}\n")
+    (tmp_path / "${tok}").mkdir()  # the tokenizer is checked when the settings resolve
+    (tmp_path / "${tok}" / "tokenizer.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTODEPLOY_TOKENIZER", "${tok}")
     args = LlmArgs(yaml_extra=[a], model="${model}")
     assert args.model_kwargs == {"name": "${oc.env:HOME}"}
@@ -151,16 +154,29 @@ def test_non_config_env_vars_are_ignored_silently(monkeypatch, ad_logs):
     assert not [r for r in ad_logs.records if "Ignoring environment variable" in r.getMessage()]
 
 
-def test_unknown_env_var_warns_with_suggestion(monkeypatch, ad_logs):
-    monkeypatch.setenv("AUTODEPLOY_MAX_SEQ_LENN", "5")
-    args = LlmArgs()
-    assert args.max_seq_len == 2048
-    messages = [r.getMessage() for r in ad_logs.records if r.levelname == "WARNING"]
-    assert any(
-        "Ignoring environment variable AUTODEPLOY_MAX_SEQ_LENN" in m
-        and "Did you mean 'AUTODEPLOY_MAX_SEQ_LEN'?" in m
-        for m in messages
-    ), messages
+@pytest.mark.parametrize(
+    "name, suggestion",
+    [
+        ("AUTODEPLOY_MAX_SEQ_LENN", "AUTODEPLOY_MAX_SEQ_LEN"),
+        (
+            "AUTODEPLOY_KV_CACHE_CONFI__TOKENS_PER_BLOCK",
+            "AUTODEPLOY_KV_CACHE_CONFIG__TOKENS_PER_BLOCK",
+        ),
+    ],
+)
+def test_unknown_env_var_is_an_error_with_suggestion(monkeypatch, name, suggestion):
+    # It used to be a warning at the top level (the run went on with the default).
+    monkeypatch.setenv(name, "5")
+    with pytest.raises(ConfigError) as info:
+        LlmArgs()
+    message = str(info.value)
+    assert f"{name} is not an autodeploy setting. Did you mean '{suggestion}'?" in message
+
+
+def test_misspelled_nested_env_key_is_an_error(monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_KV_CACHE_CONFIG__TOKENS_PER_BLOK", "16")
+    with pytest.raises(ConfigError, match="tokens_per_block"):
+        LlmArgs()
 
 
 def test_bad_env_list_value_hints_at_json(monkeypatch):
@@ -243,6 +259,7 @@ def test_to_dict_is_plain_and_round_trips():
         "free_gpu_memory_fraction": 0.9,
         "max_tokens": None,
         "dtype": "auto",
+        "mamba_ssm_cache_dtype": "float32",
     }
     assert LlmArgs.model_validate(data).to_dict() == data
     assert LlmArgs(**data).to_dict() == data
@@ -296,7 +313,10 @@ def test_unknown_nested_key_suggests(write_yaml):
     text = str(info.value)
     assert "kv_cache_config.tokens_per_blok: unknown key (from yaml_extra:a.yaml, line 2)." in text
     assert "Did you mean 'tokens_per_block'?" in text
-    assert "Valid keys: tokens_per_block, free_gpu_memory_fraction, max_tokens, dtype." in text
+    assert (
+        "Valid keys: tokens_per_block, free_gpu_memory_fraction, max_tokens, dtype, "
+        "mamba_ssm_cache_dtype." in text
+    )
 
 
 def test_wrong_type_names_path_value_and_source(monkeypatch):
@@ -379,9 +399,7 @@ def test_unknown_key_inside_transform_suggests(write_yaml):
     with pytest.raises(ConfigError) as info:
         LlmArgs(yaml_extra=[a])
     text = str(info.value)
-    assert (
-        "transforms._test_cfg_dummy_b.backnd: unknown key 'backnd'. Did you mean 'backend'?" in text
-    )
+    assert "transforms._test_cfg_dummy_b.backnd: unknown key. Did you mean 'backend'?" in text
     assert "(from yaml_extra:a.yaml, line 3)" in text
 
 

@@ -38,8 +38,10 @@ class PagedHarness:
         page_size=4,
         dtype=torch.float32,
         seed=0,
+        op=cached_attention,
         **features,
     ):
+        self.op = op  # the cached-attention op under test (any backend with this contract)
         gen = torch.Generator().manual_seed(seed)
         self.q = [torch.randn(n, num_heads, head_dim, generator=gen).to(dtype) for n in lengths]
         self.k = [torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype) for n in lengths]
@@ -73,7 +75,7 @@ class PagedHarness:
         q, k, v = (torch.cat([t, t.new_zeros(padding, *t.shape[1:])]) for t in (q, k, v))
         shape = (self.info.batch_size, 1) if self.info.is_decode_only else (1, q.shape[0])
         q, k, v = (t.reshape(*shape, *t.shape[1:]) for t in (q, k, v))
-        out = cached_attention(
+        out = self.op(
             q,
             k,
             v,

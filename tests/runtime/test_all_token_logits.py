@@ -7,12 +7,13 @@ import torch
 
 from autodeploy import LLM
 from autodeploy.runtime.all_token_logits import find_graph_module, without_logit_gather
+from autodeploy.transforms.graph_utils import op_of
 
 GATHER = torch.ops.auto_deploy.torch_gather_last_tokens.default
 
 
 def _count_gathers(gm) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is GATHER)
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and op_of(n) is GATHER)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from autodeploy import LLM, SamplingParams
@@ -100,6 +102,33 @@ def test_request_larger_than_the_cache_is_rejected_others_finish(llm):
     error = outputs[1].outputs[0].error
     assert outputs[1].outputs[0].finish_reason == "error" and outputs[1].outputs[0].token_ids == []
     assert "1038 tokens" in error and "1024 tokens" in error, error
+    assert error.startswith("prompt 1 needs"), error  # the index, not an internal request id
+
+
+def test_prompt_rules_are_one_rule_naming_the_index(llm):
+    # An empty token list used to come back as finish_reason="error" after the run started.
+    with pytest.raises(ConfigError, match="prompt 1 is empty"):
+        llm.generate([[1, 2], []], GREEDY)
+    numpy = pytest.importorskip("numpy")
+    import torch
+
+    # A list of numpy arrays used to be rejected while a 1-D tensor was accepted.
+    from_arrays = llm.generate([numpy.array([5, 6, 7]), numpy.array([8, 9])], GREEDY)
+    from_tensor = llm.generate(torch.tensor([5, 6, 7]), GREEDY)
+    assert from_arrays[0].outputs[0].token_ids == from_tensor[0].outputs[0].token_ids
+    assert len(from_arrays[1].outputs[0].token_ids) == 8
+    vocab = llm.factory.vocab_size
+    bad_params = [
+        (SamplingParams(temperature=float("inf")), "temperature=inf must be finite"),
+        (SamplingParams(top_k=vocab + 1), f"top_k={vocab + 1} is larger than the vocabulary"),
+        (SamplingParams(stop_token_ids=[vocab]), f"stop_token_ids [{vocab}] are outside"),
+    ]
+    for params, message in bad_params:
+        with pytest.raises(
+            ConfigError, match=r"sampling_params for prompt 1: " + re.escape(message)
+        ):
+            llm.generate([[5], [6]], [GREEDY, params])
+    assert not llm.engine.has_unfinished()
 
 
 def test_shutdown_and_context_manager(monkeypatch):

@@ -15,8 +15,8 @@ from autodeploy.tools import build_and_run
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AUTODEPLOY_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
+def run_cli(*argv: str, timeout: int = 300, log_level: str = "INFO") -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUTODEPLOY_LOG_LEVEL": log_level, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "autodeploy.tools.build_and_run", *argv],
         env=env,
@@ -33,7 +33,7 @@ def test_default_run_prints_prompts_and_completions():
     for index in (0, 1):
         assert f"[{index}] prompt: 'How big" in proc.stdout or f"[{index}] prompt:" in proc.stdout
         assert f"[{index}] output: " in proc.stdout
-    assert "(32 tokens" in proc.stdout or "tokens, stop)" in proc.stdout
+    assert "(32 generated tokens" in proc.stdout or "generated tokens, stop)" in proc.stdout
     # progress lines with timings: build, then generation
     assert "model built in" in proc.stderr and "generated" in proc.stderr and "tok/s" in proc.stderr
 
@@ -57,10 +57,11 @@ def test_override_run_with_benchmark_writes_json(tmp_path):
         "--benchmark.bs=2",
         "--benchmark.num=2",
         f"--benchmark.results-path={results}",
+        log_level="DEBUG",  # the factory's config-override line is a per-transform detail
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "num_hidden_layers" in proc.stderr  # the model-kwargs override reached the factory
-    assert "[2] prompt: 'One'" in proc.stdout and "(5 tokens, length)" in proc.stdout
+    assert "[2] prompt: 'One'" in proc.stdout and "(5 generated tokens, length)" in proc.stdout
     data = json.loads(results.read_text())
     assert (data["isl"], data["osl"], data["bs"], data["num"]) == (24, 6, 2, 2)
     assert data["output_tokens"] == 2 * 2 * 6

@@ -5,7 +5,7 @@ from autodeploy.tools import host_overhead
 
 def test_prints_one_row_per_batch_size(capsys):
     argv = "--batch-sizes 1 3 --steps 4 --repeats 2 --prompt-len 9 --page-size 4 --vocab 16"
-    rows = host_overhead.main(argv.split())
+    rows = host_overhead.measure(argv.split())
     assert [row["batch"] for row in rows] == [1, 3]
     for row in rows:
         assert 0 < row["nest_us"] and 0 < row["host_us"] + row["sample_us"] <= row["engine_step_us"]

@@ -70,9 +70,13 @@ class TinyAttentionModel(nn.Module):
 
 def export_tiny(**kwargs):
     """(eager model, exported GraphModule) of ``TinyAttentionModel(**kwargs)``."""
-    model = TinyAttentionModel(**kwargs).eval()
+    return export_with_dynamic_dims(TinyAttentionModel(**kwargs).eval(), VOCAB)
+
+
+def export_with_dynamic_dims(model: nn.Module, vocab: int):
+    """(model, GraphModule) exported with dynamic batch and sequence dims."""
     inputs = {
-        "input_ids": torch.randint(0, VOCAB, (2, 4)),
+        "input_ids": torch.randint(0, vocab, (2, 4)),
         "position_ids": torch.arange(4).repeat(2, 1),
     }
     dims = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
@@ -104,6 +108,7 @@ class CachedRunner:
         self.tokens: dict[int, list[int]] = {}
         self.pages: dict[int, list[int]] = {}
         self.free = list(range(1, cm.num_pages))
+        self.slots: dict[int, int] = {}  # sequence -> its state slot (stable across steps)
 
     def step(self, schedule: list[tuple[int, list[int]]]) -> dict[int, torch.Tensor]:
         """``schedule``: [(sequence id, new tokens)], prefill first. Returns the logits of the new
@@ -118,7 +123,8 @@ class CachedRunner:
             ids.append(list(new))
             pos.append(len(history))
             pages.append(list(seq_pages))
-        self.cm.info.nest_sequences(ids, pos, pages)
+        slots = [self.slots.setdefault(seq, len(self.slots)) for seq, _ in schedule]
+        self.cm.info.nest_sequences(ids, pos, pages, slot_idx=slots)
         with torch.inference_mode():
             logits = self.gm(**self.cm.named_args)
         flat = logits.reshape(-1, logits.shape[-1])

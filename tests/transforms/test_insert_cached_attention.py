@@ -30,10 +30,11 @@ from autodeploy.utils.errors import BuildError, ConfigError
 
 ATTENTION = torch.ops.auto_deploy.torch_attention
 CACHED = torch.ops.auto_deploy.torch_cached_attention
+SDPA_CACHED = torch.ops.auto_deploy.sdpa_cached_attention
 METADATA = ["batch_info_host", "cu_seqlen", "input_pos", "cache_loc", "cu_num_pages"]
 CACHE_STAGE = {
     "move_inputs_to_device": {"stage": "weight_load"},  # export left the input values on meta
-    "insert_cached_attention": {"stage": "cache_init"},
+    "insert_cached_attention": {"stage": "cache_init", "backend": "torch"},  # the reference
     "initialize_cache": {"stage": "cache_init"},
 }
 
@@ -98,17 +99,18 @@ def test_rejects_bnsd_layout_with_a_hint():
 
 
 def test_every_node_records_its_backend_and_why_not_the_others(monkeypatch):
-    """auto on CPU: the reference for every layer; an explicit backend that cannot run here is
-    a build-time error naming the reason, before the graph is touched."""
+    """auto on CPU: the batched sdpa backend for every layer; an explicit backend that cannot run
+    here is a build-time error naming the reason, before the graph is touched."""
     from autodeploy.custom_ops.backend_resolver import recorded_choices
 
     _, gm = export_tiny()
-    gm = build_cached(gm, make_cm())
+    gm = build_cached(gm, make_cm(), backend="auto")
     choices = recorded_choices(gm)
     assert [(c["family"], c["backend"], c["requested"]) for c in choices] == [
-        ("attention", "torch", "auto")
+        ("attention", "sdpa", "auto")
     ] * 2
     assert choices[0]["refused"]["triton"] == "auto does not pick it on cpu"
+    assert choices[0]["refused"]["torch"] == "lower auto priority than sdpa"
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _, gm = export_tiny()
@@ -144,7 +146,7 @@ def test_needs_a_sequence_interface():
             None,
             {
                 "move_inputs_to_device": {"stage": "weight_load", "device": "cpu"},
-                "insert_cached_attention": {"stage": "cache_init"},
+                "insert_cached_attention": {"stage": "cache_init", "backend": "torch"},
             },
         )(None, gm)
 
@@ -256,10 +258,14 @@ def llama(tmp_path_factory):
     transforms.setdefault("match_attention_layout", {"stage": "pattern_matcher"})
     # These checks compare the logits of every prompt token, not only the sampled last one.
     transforms["gather_logits_before_lm_head"]["enabled"] = False
+    # The graph is inspected below: keep op nodes as ops (the CPU default torch-direct would
+    # turn them into plain function calls).
+    transforms["compile_model"]["backend"] = "torch-simple"
     factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(str(path))
     cm = make_cm(page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128)
     gm = InferenceOptimizer(factory, transforms)(cm)
-    assert count_ops(gm, ATTENTION) == 0 and count_ops(gm, CACHED) == 2
+    # auto on CPU: the batched sdpa backend
+    assert count_ops(gm, ATTENTION) == 0 and count_ops(gm, SDPA_CACHED) == 2
     return gm, cm, hf_model
 
 

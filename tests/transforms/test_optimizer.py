@@ -118,7 +118,7 @@ def test_whole_config_is_validated_before_anything_runs(gm):
         run(config, gm)
     message = str(err.value)
     assert "transforms._opt_bb: unknown transform" in message and "'_opt_b'" in message
-    assert "transforms._opt_c.tagg: unknown key 'tagg'" in message and "'tag'" in message
+    assert "transforms._opt_c.tagg: unknown key. Did you mean 'tag'" in message
     assert CALLS == []
 
 
@@ -208,7 +208,7 @@ def test_graph_dumps_are_written(gm, tmp_path):
         None, {"_opt_a": {"stage": "export"}, "_opt_b": {"stage": "compile"}}, instruments=[dump]
     )(None, gm)
     files = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert files == ["001__opt_a.txt", "002__opt_b.txt", "config.yaml"]
+    assert files == [".autodeploy-dump-manifest", "001__opt_a.txt", "002__opt_b.txt", "config.yaml"]
     text = (tmp_path / "dumps" / "001__opt_a.txt").read_text()
     assert "transform=_opt_a" in text and "def forward" in text and "relu" in text
     assert "_opt_b" in (tmp_path / "dumps" / "config.yaml").read_text()
@@ -239,14 +239,109 @@ def test_verification_catches_a_broken_graph(gm, monkeypatch):
 
 
 def test_shared_config_carries_rank_and_state(gm):
-    shared = SharedConfig(local_rank=1, world_size=2)
+    shared = SharedConfig(rank=1, local_rank=1, world_size=2)
     opt = InferenceOptimizer(
         None, {"_opt_a": {"stage": "export"}}, shared_config=shared, instruments=[]
     )
     opt(None, gm)
     assert opt.shared_config.world_size == 2 and opt.shared_config.local_rank == 1
-    shared.sharding_plan = {"x": 1}  # extra keys: cross-transform state
+    assert opt.shared_config.rank == 1 and opt.shared_config.sharding_plan is None
+    shared.sharding_plan = {"x": 1}  # the typed slot the sharding transforms hand over
     assert shared.sharding_plan == {"x": 1}
+
+
+def test_shared_config_is_typed_and_closed():
+    from pydantic import ValidationError
+
+    shared = SharedConfig()
+    with pytest.raises(ValueError, match="sharding_pln"):
+        shared.sharding_pln = {}  # a misspelled channel is an error, not a new attribute
+    with pytest.raises(ValidationError, match="extra"):
+        SharedConfig(tp_size=2)
+    with pytest.raises(ValidationError, match="rank=2 is not below world_size=2"):
+        SharedConfig(rank=2, world_size=2)
+    with pytest.raises(ValidationError):
+        SharedConfig(world_size=0)
+
+
+@TransformRegistry.register("_opt_required_fail")
+class _RequiredFail(BaseTransform):
+    """A transform the build cannot do without; half-rewrites the graph, then raises."""
+
+    optional = False
+    failure_hint = "Check the frobnicator settings."
+
+    def _apply(self, gm, cm, factory, shared_config):
+        for node in list(gm.graph.nodes):
+            if node.op == "call_function" and node.target is torch.relu:
+                node.target = torch.sigmoid  # the dump must still show the graph before this
+        raise RuntimeError("kaput")
+
+
+def test_a_required_transform_failure_gives_its_own_hint_not_the_generic_advice(gm):
+    with pytest.raises(TransformError) as err:
+        run({"_opt_required_fail": {"stage": "post_export"}}, gm)
+    message = str(err.value)
+    assert "RuntimeError: kaput. Check the frobnicator settings." in message
+    assert "_opt_required_fail is required" in message
+    assert "enabled: false" not in message and "skip_on_error" not in message
+    assert "AUTODEPLOY_DUMP_GRAPHS_DIR" in message  # how to get the graph next time
+
+
+def test_an_optional_transform_failure_keeps_the_generic_advice(gm):
+    with pytest.raises(TransformError) as err:
+        run({"_opt_fail": {"stage": "post_export"}}, gm)
+    assert "enabled: false" in str(err.value) and "skip_on_error: true" in str(err.value)
+
+
+def test_a_failure_dumps_the_graph_before_it_and_the_configuration(gm, tmp_path):
+    dump = GraphDumpInstrument(tmp_path / "dumps")
+    config = {"_opt_a": {"stage": "export"}, "_opt_required_fail": {"stage": "post_export"}}
+    with pytest.raises(TransformError) as err:
+        InferenceOptimizer(None, config, instruments=[dump])(None, gm)
+    failed = tmp_path / "dumps" / "002__opt_required_fail.FAILED.txt"
+    assert str(failed) in str(err.value) and str(tmp_path / "dumps" / "config.yaml") in str(
+        err.value
+    )
+    text = failed.read_text()
+    assert text.startswith("# transform=_opt_required_fail stage=post_export FAILED\n")
+    assert "# RuntimeError: kaput" in text
+    assert "relu" in text and "sigmoid" not in text  # before the half-done rewrite
+    assert "_opt_required_fail" in (tmp_path / "dumps" / "config.yaml").read_text()
+
+
+def test_our_own_errors_pass_through_unchanged_but_still_leave_a_dump(gm, tmp_path):
+    @TransformRegistry.register("_opt_config_fail")
+    class _ConfigFail(BaseTransform):
+        """Raises an error of ours, which already says what to do."""
+
+        def _apply(self, g, cm, factory, shared_config):
+            raise ConfigError("set `frob: 2` instead")
+
+    dump = GraphDumpInstrument(tmp_path / "dumps")
+    config = {"_opt_config_fail": {"stage": "export"}}
+    with pytest.raises(ConfigError, match=r"^set `frob: 2` instead$"):
+        InferenceOptimizer(None, config, instruments=[dump])(None, gm)
+    text = (tmp_path / "dumps" / "001__opt_config_fail.FAILED.txt").read_text()
+    assert "# ConfigError: set `frob: 2` instead" in text and "relu" in text
+
+
+def test_a_corrupt_checkpoint_points_at_the_checkpoint_not_at_disabling_load_weights(tmp_path):
+    from tiny_models import save_tiny
+
+    from autodeploy.models import ModelFactoryRegistry
+
+    save_tiny(tmp_path, "llama", seed=0)
+    (checkpoint,) = tmp_path.glob("*.safetensors")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # truncated download
+    factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(str(tmp_path))
+    config = {"build_model": {}, "load_weights": {}}  # export is not needed to load
+    with pytest.raises(TransformError) as err:
+        InferenceOptimizer(factory, config, instruments=[])(None)
+    message = str(err.value)
+    assert "'load_weights' (stage weight_load) failed" in message
+    assert "corrupt *.safetensors" in message and "skip_loading_weights: true" in message
+    assert "enabled: false" not in message
 
 
 def test_registering_a_name_twice_is_an_error():

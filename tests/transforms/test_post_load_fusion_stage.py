@@ -72,7 +72,7 @@ def test_cpu_all_fusions_with_the_kv_cache_match_hf(monkeypatch):
     assert op_counts(
         gm,
         attention=ad.torch_attention,
-        cached=ad.torch_cached_attention,
+        cached=ad.sdpa_cached_attention,  # auto on CPU
         rope=ad.triton_rope_with_cos_sin_cache,
         fused=ad.triton_fused_add_rmsnorm,
         norm=ad.triton_rmsnorm,

@@ -51,6 +51,7 @@ import torch.nn as nn
 from torch.fx import GraphModule
 
 from ...utils.logger import logger
+from ...utils.progress import ProgressBar
 from ..registry import CompileBackendUnavailableError
 from .cuda_graph_capture import GraphCapture, ReplayableGraph
 from .cuda_graph_stats import CudaGraphStats, FallbackReason
@@ -137,10 +138,12 @@ class CudaGraphRunner(nn.Module):
         reserved_before = self._capture.reserved_bytes()
         pool = self._capture.new_pool()
         try:
-            with torch.inference_mode():
+            bar = ProgressBar(f"capturing {len(sizes)} CUDA graphs", len(sizes))
+            with torch.inference_mode(), bar:
                 for size in sizes:
                     info.set_generate_only_batch(size)  # host prepare hooks run here
                     self._graphs[size] = self._capture_one(size, pool)
+                    bar.advance()
         except BaseException:
             self._graphs.clear()
             raise

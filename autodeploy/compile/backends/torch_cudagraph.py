@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ...utils.errors import ConfigError
 from ...utils.logger import logger
+from ...utils.numbers import powers_of_two_below
 from ..registry import CompileBackendRegistry, CompileBackendUnavailableError, CompilerBackend
 from .cuda_graph_capture import CudaGraphCapture, GraphCapture
 from .cuda_graph_runner import CudaGraphRunner
@@ -38,11 +39,7 @@ def batch_size_limit(info: Any) -> int:
 
 def default_batch_sizes(limit: int) -> list[int]:
     """Powers of two below ``limit``, then ``limit``: 1, 2, 4, ..., limit."""
-    sizes, size = [], 1
-    while size < limit:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, limit]
+    return [*powers_of_two_below(limit), limit]
 
 
 def resolve_batch_sizes(requested: Sequence[int] | None, limit: int) -> list[int]:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from ...utils.errors import ConfigError
 from ...utils.suggest import close_matches, did_you_mean
+from ...utils.validation_errors import unknown_key_text
 from ..layers import Layer, yaml_file_layer
 from ..yaml_loader import KeyPath, load_yaml_mapping
 from .schema import DEFAULT_CONFIG_ID, RegistryEntry, RegistryFile
@@ -194,11 +195,7 @@ def _schema_error(exc: ValidationError, data: dict, lines: dict, path: Path) -> 
         entry = _entry_name(data, loc)
         message = str((err.get("ctx") or {}).get("error") or err["msg"])
         if err["type"] == "extra_forbidden":
-            owner = _owner_model(loc[:-1], models)
-            fields = list(owner.model_fields) if owner else []
-            message = f"unknown key.{did_you_mean(str(loc[-1]), fields)}"
-            if fields:
-                message += f" Valid keys: {', '.join(fields)}."
+            message = unknown_key_text(str(loc[-1]), _owner_model(loc[:-1], models))
         elif err["type"] == "missing":
             message = "required key missing"
         problems.append(f"{where}{dotted}{entry}: {message}")

@@ -24,7 +24,8 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from .._triton_kernel import SUM_COMBINE, TritonKernel, next_power_of_2
+from ...utils.numbers import next_power_of_2
+from .._triton_kernel import SUM_COMBINE, TritonKernel
 from .backends import TRITON_DTYPES, TRITON_MAX_HIDDEN, rmsnorm_input_problem
 
 

@@ -31,7 +31,8 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from .._triton_kernel import TritonKernel, next_power_of_2
+from ...utils.numbers import next_power_of_2
+from .._triton_kernel import TritonKernel
 from .backends import rope_input_problem
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformInfo
+from ...facts import CACHE_INTERFACE, CACHE_RESOURCES, CACHES_ALLOCATED, INPUTS_ON_DEVICE
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -17,9 +17,17 @@ class InitializeCache(BaseTransform):
             ``gm(**cm.named_args)`` runs
     """
 
+    stage = Stages.CACHE_INIT
+    requires = (CACHE_INTERFACE,)
+    uses = (CACHE_RESOURCES, INPUTS_ON_DEVICE)
+    provides = (CACHES_ALLOCATED,)
+    optional = False
+    failure_hint = (
+        "The caches may not fit: lower `max_batch_size`, `max_seq_len` or "
+        "`kv_cache_config.max_tokens`."
+    )
+
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError("initialize_cache needs a CachedSequenceInterface.")
         allocated = cm.initialize_resources()
         return gm, TransformInfo(
             skipped=allocated == 0, num_matches=allocated, is_clean=True, has_valid_shapes=True

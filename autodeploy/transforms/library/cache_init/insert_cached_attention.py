@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field, field_validator
 from torch.fx import GraphModule
 
@@ -9,7 +10,17 @@ from ....custom_ops.attention.descriptor import ATTENTION
 from ....custom_ops.op_backend import check_backend_name
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import (
+    ATTENTION_LAYOUT,
+    CACHE_INTERFACE,
+    CACHE_RESOURCES,
+    CANONICAL_ATTENTION,
+    EXPORTED_GRAPH,
+    INPUTS_ON_DEVICE,
+    WEIGHTS_LOADED,
+)
+from ...graph_utils import is_op
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._cached_op_insertion import insert_cached_ops
 
@@ -18,9 +29,9 @@ class InsertCachedAttentionConfig(TransformConfig):
     backend: str = Field(
         default="auto",
         description="Attention backend (a registered backend of the 'attention' op family: "
-        "'torch' is the reference, 'triton', 'flashinfer'; the `attn_backend` shortcut sets "
-        "this). 'auto': per node, the highest-priority backend for the device that supports it "
-        "(triton on CUDA, torch elsewhere).",
+        "'torch' is the reference, 'sdpa' (batched torch), 'triton', 'flashinfer'; the "
+        "`attn_backend` shortcut sets this). 'auto': per node, the highest-priority backend for "
+        "the device that supports it (triton on CUDA, sdpa elsewhere).",
     )
     requires_shape_prop: bool = Field(
         default=True,
@@ -48,6 +59,16 @@ class InsertCachedAttention(BaseTransform):
     cached-op insertion (``_cached_op_insertion.py``) for the ``attention`` family.
     """
 
+    stage = Stages.CACHE_INIT
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED, CANONICAL_ATTENTION)
+    uses = (ATTENTION_LAYOUT, INPUTS_ON_DEVICE)
+    provides = (CACHE_RESOURCES,)
+    optional = False
+    failure_hint = (
+        "Try another attention backend (`attn_backend: torch` is the reference), and check the "
+        "pattern coverage report for attention the matchers did not turn into torch_attention."
+    )
+
     config: InsertCachedAttentionConfig
 
     @classmethod
@@ -55,14 +76,11 @@ class InsertCachedAttention(BaseTransform):
         return InsertCachedAttentionConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError(
-                "insert_cached_attention needs a CachedSequenceInterface: call "
-                "InferenceOptimizer(factory, cfg)(cm) with one."
-            )
         if not isinstance(gm, GraphModule):
             raise ConfigError("insert_cached_attention needs an exported GraphModule.")
         done = insert_cached_ops(gm, cm, ATTENTION.name, self.config.backend)
+        if not done.num_replaced and _has_state_space_ops(gm):  # pure Mamba: no attention
+            return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         if not done.num_replaced:
             self.report_problem(
                 shared_config,
@@ -74,3 +92,8 @@ class InsertCachedAttention(BaseTransform):
         return gm, TransformInfo(
             num_matches=done.num_replaced, is_clean=False, has_valid_shapes=False
         )
+
+
+def _has_state_space_ops(gm: GraphModule) -> bool:
+    ad = torch.ops.auto_deploy
+    return any(is_op(n, (ad.torch_ssm, ad.torch_cached_ssm)) for n in gm.graph.nodes)

@@ -7,7 +7,8 @@ import torch
 from ....utils.errors import ConfigError
 from ....utils.logger import logger
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformInfo
+from ...facts import CACHE_INTERFACE, CACHES_ALLOCATED, WEIGHTS_LOADED
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -23,9 +24,14 @@ class ResizeKVCache(BaseTransform):
     after:  the graph is unchanged; the pool has ``cm.num_pages`` pages sized from free memory
     """
 
+    stage = Stages.CACHE_INIT
+    requires = (CACHE_INTERFACE, WEIGHTS_LOADED, CACHES_ALLOCATED)
+    failure_hint = (
+        "Lower `kv_cache_config.free_gpu_memory_fraction` or `max_num_tokens`, or fix the pool "
+        "size with `kv_cache_config.max_tokens` (resizing is then skipped)."
+    )
+
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError("resize_kv_cache needs a CachedSequenceInterface.")
         unchanged = TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         if not cm.needs_resize():
             reason = (

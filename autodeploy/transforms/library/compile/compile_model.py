@@ -16,7 +16,8 @@ from ....compile.registry import CompileBackendUnavailableError
 from ....custom_ops.backend_resolver import build_device
 from ....utils.suggest import did_you_mean
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import CACHES_ALLOCATED, EXPORTED_GRAPH, WEIGHTS_LOADED
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 AUTO = "auto"
@@ -28,8 +29,8 @@ class CompileModelConfig(TransformConfig):
     backend: str = Field(
         default="auto",
         description="Compile backend (registered name; the `compile_backend` shortcut sets it): "
-        "torch-simple, torch-compile, torch-cudagraph, torch-opt. 'auto': torch-cudagraph on "
-        "CUDA, torch-simple elsewhere.",
+        "torch-simple, torch-direct, torch-compile, torch-cudagraph, torch-opt. 'auto': "
+        "torch-cudagraph on CUDA, torch-direct on CPU.",
     )
     cuda_graph_batch_sizes: list[int] | None = Field(
         default=None,
@@ -87,6 +88,11 @@ class CompileModel(BaseTransform):
             ``cuda_graph_stats`` count replays and fallbacks)
     """
 
+    stage = Stages.COMPILE
+    uses = (WEIGHTS_LOADED, CACHES_ALLOCATED)
+    invalidates = (EXPORTED_GRAPH,)
+    failure_hint = "`compile_backend: torch-simple` runs the graph uncompiled."
+
     config: CompileModelConfig
 
     @classmethod
@@ -107,10 +113,10 @@ class CompileModel(BaseTransform):
 
 
 def _resolve_backend(name: str, gm, cm) -> str:
-    """What ``auto`` stands for: CUDA graphs on a GPU, the eager module elsewhere (the device
-    is the one every backend choice uses, ``backend_resolver.build_device``; CUDA graphs need
-    the sequence interface, so without one the module stays eager)."""
+    """What ``auto`` stands for: CUDA graphs on a GPU, the direct-call eager module elsewhere
+    (the device is the one every backend choice uses, ``backend_resolver.build_device``; CUDA
+    graphs need the sequence interface, so without one the module stays eager)."""
     if name != AUTO:
         return name
     on_cuda = cm is not None and build_device(gm, cm).type == "cuda"
-    return "torch-cudagraph" if on_cuda else "torch-simple"
+    return "torch-cudagraph" if on_cuda else "torch-direct"

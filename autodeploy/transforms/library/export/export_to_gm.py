@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from ....export import torch_export_to_gm
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, MODEL_BUILT, MODEL_FACTORY
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -28,6 +28,16 @@ class ExportToGM(BaseTransform):
             same parameter names, tied weights and load hooks as the model)
     """
 
+    stage = Stages.EXPORT
+    requires = (MODEL_FACTORY, MODEL_BUILT)  # the factory gives the example inputs
+    provides = (EXPORTED_GRAPH, CANONICAL_ATTENTION)
+    optional = False
+    failure_hint = (
+        "torch.export could not capture the model: export with `model_kwargs: "
+        "{attn_implementation: sdpa}` if the attention code is the cause, and read the graph "
+        "dump (AUTODEPLOY_DUMP_GRAPHS_DIR)."
+    )
+
     config: ExportToGMConfig
 
     @classmethod
@@ -35,8 +45,6 @@ class ExportToGM(BaseTransform):
         return ExportToGMConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if factory is None:
-            raise ConfigError("export_to_gm needs a model factory for example inputs.")
         exported = torch_export_to_gm(
             gm,
             factory.get_example_inputs(),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformInfo
+from ...facts import MODEL_BUILT, MODEL_FACTORY
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -18,11 +18,15 @@ class BuildModel(BaseTransform):
     after:  the model (e.g. ``LlamaForCausalLM``), parameters on meta, buffers real
     """
 
+    stage = Stages.FACTORY
+    requires = (MODEL_FACTORY,)
+    provides = (MODEL_BUILT,)
+    optional = False
+    failure_hint = (
+        "Check `model` (a Hugging Face directory, hub id or builtin:<name>) and that its "
+        "config.json loads with transformers; `model_factory` picks how it is built."
+    )
+
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if factory is None:
-            raise ConfigError(
-                "build_model needs a model factory; pass one to InferenceOptimizer(factory, cfg) "
-                "or disable build_model and pass the module to optimizer(cm, mod)."
-            )
         model: nn.Module = factory.build_model(device="meta")
         return model, TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True)

@@ -9,7 +9,8 @@ from torch.fx import GraphModule
 
 from .... import custom_ops  # noqa: F401  (registers the ops the replacements call)
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformInfo
+from ...facts import EXPORTED_GRAPH
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...pattern import PatternSet
 
 aten = torch.ops.aten
@@ -28,8 +29,14 @@ def info_for(num_matches: int) -> TransformInfo:
 
 
 class PatternMatcherTransform(BaseTransform):
-    """A matcher whose work is one ``PatternSet``, traced once per process on first use."""
+    """A matcher whose work is one ``PatternSet``, traced once per process on first use.
 
+    Every matcher runs in stage ``pattern_matcher`` on an exported graph; subclasses declare what
+    they provide (and use).
+    """
+
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
     _pattern_cache: ClassVar[dict[type, PatternSet]] = {}
 
     @classmethod

@@ -18,6 +18,7 @@ from torch.fx import GraphModule, Node
 from ...graph_utils import is_op
 from ...pattern import bound_args
 from ._moe_coverage import MoECoverage, collect_moe_coverage, format_moe_coverage
+from ._ssm_coverage import SSMCoverage, collect_ssm_coverage
 
 ad = torch.ops.auto_deploy
 aten = torch.ops.aten
@@ -89,6 +90,7 @@ class Coverage:
     fused_mlps: int
     modules: dict[int, str] = field(default_factory=dict)  # layer -> attention module path
     moe: MoECoverage = field(default_factory=MoECoverage)
+    ssm: SSMCoverage = field(default_factory=SSMCoverage)  # Mamba-2 mixer layers
 
     @property
     def attention_ok(self) -> bool:
@@ -143,7 +145,12 @@ def _expected_attention_layers(config: Any, graph_layers: set[int]) -> list[int]
     shows up in the graph (every executed module does, matched or not); else all layers."""
     layer_types = getattr(config, "layer_types", None) if config is not None else None
     if layer_types:
-        return [i for i, t in enumerate(layer_types) if "attention" in t and "linear" not in t]
+        # "hybrid" (Zamba2): a Mamba mixer plus the shared attention block
+        return [
+            i
+            for i, t in enumerate(layer_types)
+            if ("attention" in t and "linear" not in t) or t == "hybrid"
+        ]
     if graph_layers:
         return sorted(graph_layers)
     return list(range(getattr(config, "num_hidden_layers", 0) or 0))
@@ -210,10 +217,12 @@ def collect_coverage(gm: GraphModule, config: Any = None) -> Coverage:
 
     attention_modules: dict[int, str] = {}
     norm_modules: dict[str, str] = {}
-    has_rotary, mlp_modules = False, set()
+    has_rotary, mlp_modules, mixer_layers = False, set(), set()
     for node in nodes:
         for path, cls in _module_stack(node):
             name = _class_name(cls)
+            if ("Mamba" in name or name.endswith("Mixer")) and _layer_of(path) is not None:
+                mixer_layers.add(_layer_of(path))
             if _ATTENTION_MODULE.search(name) and _layer_of(path) is not None:
                 attention_modules.setdefault(_layer_of(path), path)
             elif "Norm" in name and "RMS" in name:
@@ -268,6 +277,9 @@ def collect_coverage(gm: GraphModule, config: Any = None) -> Coverage:
             {_layer_of(path) for path in mlp_modules},
             int(getattr(config, "num_hidden_layers", 0) or 0),
         ),
+        ssm=collect_ssm_coverage(
+            nodes, config, lambda n: _layer_of((_innermost(n) or ("", ""))[0]), mixer_layers
+        ),
     )
 
 
@@ -310,4 +322,6 @@ def format_coverage(cov: Coverage) -> str:
         lines.append(f"    UNMATCHED {module}")
     lines.append(f"  mlp: {cov.mlp_modules} MLP modules, {cov.fused_mlps} fused (torch_swiglu_mlp)")
     lines.extend(format_moe_coverage(cov.moe))
+    if cov.ssm.expected_layers or cov.ssm.ssm_layers:
+        lines.append(cov.ssm.format())
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import operator
 
 from torch.fx import GraphModule, Node
 
+from ...facts import ATTENTION_LAYOUT, ROPE_LAYOUT
 from ...graph_utils import find_nodes, is_op
 from ...pattern import bound_args, propagate_meta, strip_noise
 from ...registry import TransformRegistry
@@ -83,6 +84,8 @@ class EliminateRedundantTransposes(PatternMatcherTransform):
     Value-preserving nodes between the two (contiguous, same-dtype casts) do not stop it, and
     neither does a chunk/split along another dim (``transpose(chunk(transpose(x))[i])``).
     """
+
+    uses = (ATTENTION_LAYOUT, ROPE_LAYOUT)
 
     def _apply(self, gm, cm, factory, shared_config):
         splits = _SplitRewriter(gm)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ...facts import ATTENTION_LAYOUT, CANONICAL_ATTENTION
 from ...graph_utils import find_nodes
 from ...interface import TransformConfig
 from ...pattern import bound_args, insert_replacement
@@ -47,6 +48,9 @@ class MatchAttentionLayout(PatternMatcherTransform):
     after:  ``o = transpose(torch_attention(transpose(q, 1, 2), ..., layout="bsnd"), 1, 2)``
     ``eliminate_redundant_transposes`` then cancels these against HF's own transposes.
     """
+
+    uses = (CANONICAL_ATTENTION,)
+    provides = (ATTENTION_LAYOUT,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

@@ -7,6 +7,7 @@ import functools
 import torch
 from pydantic import Field
 
+from ...facts import CANONICAL_ATTENTION
 from ...interface import TransformConfig
 from ...pattern import PatternSet, replace_match
 from ...registry import TransformRegistry
@@ -90,6 +91,8 @@ class MatchEagerAttention(PatternMatcherTransform):
     (with the scale multiplied), Gemma-2 soft-capping (-> logit_cap), no mask (full attention:
     is_causal=False). A mask is taken to be causal and dropped, unless ``keep_attn_mask``.
     """
+
+    provides = (CANONICAL_ATTENTION,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

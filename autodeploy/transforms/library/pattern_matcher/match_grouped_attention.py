@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...facts import CANONICAL_ATTENTION, REPEAT_KV_OP
 from ...graph_utils import find_nodes, is_op
 from ...pattern import bound_args, strip_noise
 from ...registry import TransformRegistry
@@ -16,6 +17,8 @@ class MatchGroupedAttention(PatternMatcherTransform):
     after:  ``o = torch_attention(q, k, v, ..., "bnsd")``
     Both key and value must be repeated by the same factor; the repeats die with their last use.
     """
+
+    uses = (CANONICAL_ATTENTION, REPEAT_KV_OP)
 
     def _apply(self, gm, cm, factory, shared_config):
         count = 0

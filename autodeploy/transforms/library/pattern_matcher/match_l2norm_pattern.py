@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...facts import CANONICAL_L2NORM
 from ...pattern import PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -37,6 +38,8 @@ class MatchL2NormPattern(PatternMatcherTransform):
     after:  ``y = auto_deploy.torch_l2norm(x, eps)``
     Also without the float32 upcast (``torch_l2norm`` always normalizes in float32).
     """
+
+    provides = (CANONICAL_L2NORM,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...facts import REPEAT_KV_OP
 from ...pattern import Match, PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -48,6 +49,8 @@ class MatchRepeatKV(PatternMatcherTransform):
             (or ``repeat_interleave(x, n_rep, dim=1)``)
     after:  ``y = auto_deploy.torch_attention_repeat_kv(x, n_rep)``
     """
+
+    provides = (REPEAT_KV_OP,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...facts import CANONICAL_RMSNORM
 from ...pattern import Match, PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -71,6 +72,8 @@ class MatchRMSNormPattern(PatternMatcherTransform):
     Variants: the cast after the scale (OLMo-2); Gemma's ``* (1 + w)`` (emits ``w + 1`` as the
     weight); the gated norm ``norm(x * silu(gate)) * w`` -> ``torch_rmsnorm_gated``.
     """
+
+    provides = (CANONICAL_RMSNORM,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

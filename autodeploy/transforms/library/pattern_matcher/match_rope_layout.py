@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ...facts import CANONICAL_ROPE, ROPE_LAYOUT
 from ...graph_utils import find_nodes
 from ...interface import TransformConfig
 from ...pattern import bound_args, insert_replacement
@@ -42,6 +43,9 @@ class MatchRopeLayout(PatternMatcherTransform):
             ``q2, k2 = transpose(o[0], 1, 2), transpose(o[1], 1, 2)``
     ``eliminate_redundant_transposes`` then cancels these against HF's own transposes.
     """
+
+    uses = (CANONICAL_ROPE,)
+    provides = (ROPE_LAYOUT,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

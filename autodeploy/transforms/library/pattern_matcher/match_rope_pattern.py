@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
+from ...facts import CANONICAL_ROPE
 from ...graph_utils import is_op
 from ...pattern import (
     Match,
@@ -255,6 +256,8 @@ class MatchRopePattern(PatternMatcherTransform):
     are paired by the attention op they feed (else by graph order); a lone rotated tensor gets
     the op with itself as both inputs.
     """
+
+    provides = (CANONICAL_ROPE,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

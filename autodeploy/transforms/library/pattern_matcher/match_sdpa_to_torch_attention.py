@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ...facts import CANONICAL_ATTENTION
 from ...graph_utils import find_nodes
 from ...interface import TransformConfig
 from ...pattern import bound_args, insert_replacement
@@ -34,6 +35,8 @@ class MatchSdpaToTorchAttention(PatternMatcherTransform):
     A mask is taken to be the causal mask of a decoder and dropped (HF materializes it while
     tracing), unless ``keep_attn_mask``; ``is_causal`` without a mask is kept as it is.
     """
+
+    provides = (CANONICAL_ATTENTION,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

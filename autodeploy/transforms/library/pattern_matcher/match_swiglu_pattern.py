@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...facts import CANONICAL_SWIGLU
 from ...pattern import PatternSet
 from ...registry import TransformRegistry
 from ._common import PatternMatcherTransform, ad, aten, example_configs
@@ -54,6 +55,8 @@ class MatchSwiGLUPattern(PatternMatcherTransform):
     after:  ``y = auto_deploy.torch_swiglu_mlp(x, w_gate, w_up, w_down, None, None, None)``
     Off by default: sharding splits the plain linear ops.
     """
+
+    provides = (CANONICAL_SWIGLU,)
 
     @classmethod
     def build_patterns(cls) -> PatternSet:

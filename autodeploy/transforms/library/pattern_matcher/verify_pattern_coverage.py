@@ -9,7 +9,21 @@ from pydantic import Field
 from ....utils.errors import TransformError
 from ....utils.logger import logger
 from ...base import BaseTransform
-from ...interface import TransformConfig, TransformInfo
+from ...facts import (
+    ATTENTION_LAYOUT,
+    CANONICAL_ATTENTION,
+    CANONICAL_CAUSAL_CONV,
+    CANONICAL_L2NORM,
+    CANONICAL_MOE,
+    CANONICAL_RMSNORM,
+    CANONICAL_ROPE,
+    CANONICAL_SSM,
+    CANONICAL_SWIGLU,
+    EXPORTED_GRAPH,
+    REPEAT_KV_OP,
+    ROPE_LAYOUT,
+)
+from ...interface import Stages, TransformConfig, TransformInfo
 from ...optimizer import META_KEY
 from ...registry import TransformRegistry
 from ._coverage import collect_coverage, format_coverage
@@ -38,6 +52,22 @@ class VerifyPatternCoverage(BaseTransform):
     reported as build problems (errors in strict mode).
     """
 
+    stage = Stages.PATTERN_MATCHER
+    requires = (EXPORTED_GRAPH,)
+    uses = (
+        CANONICAL_ATTENTION,
+        REPEAT_KV_OP,
+        ATTENTION_LAYOUT,
+        CANONICAL_ROPE,
+        ROPE_LAYOUT,
+        CANONICAL_RMSNORM,
+        CANONICAL_L2NORM,
+        CANONICAL_SWIGLU,
+        CANONICAL_MOE,
+        CANONICAL_SSM,
+        CANONICAL_CAUSAL_CONV,
+    )
+
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:
         return CoverageConfig
@@ -61,6 +91,14 @@ class VerifyPatternCoverage(BaseTransform):
                 f"MoE op (torch_moe) missing in sparse layer(s) {coverage.moe.missing_layers} "
                 "(the config declares experts there); see the hf_moe_experts export patch. Set "
                 "`transforms.verify_pattern_coverage.on_mismatch: warn` to continue anyway."
+            )
+            if self.config.on_mismatch == "error":
+                raise TransformError(message)
+            self.report_problem(shared_config, message)
+        if not coverage.ssm.ok:
+            message = (
+                f"Mamba mixers not exported as canonical ops: {coverage.ssm.format().strip()}; "
+                "see the mamba2_mixer export patch (autodeploy/export/library/mamba2_mixer.py)."
             )
             if self.config.on_mismatch == "error":
                 raise TransformError(message)

@@ -7,8 +7,9 @@ from torch.utils._sympy.numbers import int_oo
 from torch.utils._sympy.value_ranges import ValueRanges
 
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH
 from ...graph_utils import fake_mode_of, placeholders
-from ...interface import SharedConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -24,6 +25,9 @@ class CleanupInputConstraints(BaseTransform):
     before: input ``s1`` in ``[2, 4096]``
     after:  input ``s1`` in ``[2, oo)``
     """
+
+    stage = Stages.POST_EXPORT
+    requires = (EXPORTED_GRAPH,)
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         shape_env = fake_mode_of(gm).shape_env

@@ -6,8 +6,9 @@ import torch
 from torch.fx import Node
 
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH
 from ...graph_utils import is_op, node_val
-from ...interface import SharedConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -18,6 +19,9 @@ class CleanupNoopAdd(BaseTransform):
     before: ``y = aten.add.Tensor(x, 0); z = f(y)``
     after:  ``z = f(x)``
     """
+
+    stage = Stages.POST_EXPORT
+    requires = (EXPORTED_GRAPH,)
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         removed = 0

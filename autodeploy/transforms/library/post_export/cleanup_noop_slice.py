@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH
 from ...graph_utils import is_op
-from ...interface import SharedConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...registry import TransformRegistry
 
 # torch.export writes an open slice end `x[:, 0:]` as the largest int64.
@@ -20,6 +21,9 @@ class CleanupNoopSlice(BaseTransform):
     before: ``y = aten.slice.Tensor(x, 0, 0, 9223372036854775807); z = f(y)``
     after:  ``z = f(x)``
     """
+
+    stage = Stages.POST_EXPORT
+    requires = (EXPORTED_GRAPH,)
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         removed = 0

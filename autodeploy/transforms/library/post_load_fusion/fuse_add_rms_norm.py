@@ -11,8 +11,9 @@ from torch.fx import GraphModule, Node
 
 from ....custom_ops.op_backend import BackendRegistry
 from ...base import BaseTransform
+from ...facts import CANONICAL_RMSNORM, EXPORTED_GRAPH, INPUTS_ON_DEVICE, WEIGHTS_LOADED
 from ...graph_utils import is_op, node_val
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...pattern import propagate_meta
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED, backend_description, check_backend_installed, node_backends
@@ -106,6 +107,11 @@ class FuseAddRMSNorm(BaseTransform):
     ``fuse_rmsnorm``. The op is functional (fresh outputs), so other users of the residual see
     exactly the values they saw before. ``backend: torch`` uses ``torch_fused_add_rmsnorm``.
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (CANONICAL_RMSNORM, INPUTS_ON_DEVICE)
+    failure_hint = "Set `backend: torch` to keep the reference op."
 
     config: FuseAddRMSNormConfig
 

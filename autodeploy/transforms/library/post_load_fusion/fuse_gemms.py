@@ -12,8 +12,9 @@ from torch.fx import GraphModule, Node
 
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH, INPUTS_ON_DEVICE, WEIGHTS_LOADED
 from ...graph_utils import get_attr_value, is_op
-from ...interface import SharedConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...pattern import propagate_meta
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED
@@ -156,6 +157,10 @@ class FuseGemms(BaseTransform):
     is left alone. The old parameters are deleted; a ``load_state_dict`` pre-hook keeps the
     original checkpoint keys loadable (it concatenates them into the fused parameter).
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (INPUTS_ON_DEVICE,)
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
         if not isinstance(gm, GraphModule):

@@ -10,8 +10,9 @@ from pydantic import Field, field_validator
 from ....custom_ops.op_backend import BackendRegistry
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import CANONICAL_RMSNORM, EXPORTED_GRAPH, INPUTS_ON_DEVICE, WEIGHTS_LOADED
 from ...graph_utils import find_nodes
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED, backend_description, check_backend_installed, node_backends
 
@@ -42,6 +43,11 @@ class FuseRMSNorm(BaseTransform):
     float32) keep the reference op.
     ``backend: torch`` leaves the graph as it is.
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (CANONICAL_RMSNORM, INPUTS_ON_DEVICE)
+    failure_hint = "Set `backend: torch` to keep the reference op."
 
     config: FuseRMSNormConfig
 

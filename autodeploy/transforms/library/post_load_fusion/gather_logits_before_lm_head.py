@@ -6,10 +6,10 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .... import custom_ops  # noqa: F401  (registers torch_gather_last_tokens)
-from ....utils.errors import ConfigError
 from ...base import BaseTransform
+from ...facts import CACHE_INTERFACE, EXPORTED_GRAPH, INPUTS_ON_DEVICE
 from ...graph_utils import add_graph_input, is_op
-from ...interface import SharedConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformInfo
 from ...pattern import propagate_meta
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED
@@ -71,12 +71,11 @@ class GatherLogitsBeforeLmHead(BaseTransform):
     one row per sequence (today it expects one row per token).
     """
 
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE)
+    uses = (INPUTS_ON_DEVICE,)
+
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if cm is None:
-            raise ConfigError(
-                "gather_logits_before_lm_head needs a CachedSequenceInterface (its cu_seqlen "
-                "says where each sequence ends): call InferenceOptimizer(factory, cfg)(cm)."
-            )
         if not isinstance(gm, GraphModule):
             return gm, UNCHANGED
         if any(is_op(n, ad.torch_gather_last_tokens) for n in gm.graph.nodes):

@@ -13,8 +13,9 @@ from ....custom_ops.backend_resolver import build_device
 from ....custom_ops.op_backend import BackendRegistry
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import CANONICAL_ROPE, EXPORTED_GRAPH, INPUTS_ON_DEVICE, ROPE_LAYOUT, WEIGHTS_LOADED
 from ...graph_utils import find_nodes, node_val, placeholders
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...pattern import bound_args, propagate_meta
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED, backend_description, check_backend_installed, node_backends
@@ -166,6 +167,11 @@ class OptimizeRope(BaseTransform):
     ``triton_rope_with_explicit_cos_sin`` on the shared cos/sin. Other RoPE variants (complex
     frequencies, q/k interleaving) keep their reference op and do not count as matches.
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (CANONICAL_ROPE, ROPE_LAYOUT, INPUTS_ON_DEVICE)
+    failure_hint = "Set `backend: torch` to keep the reference op."
 
     config: OptimizeRopeConfig
 

@@ -6,11 +6,11 @@ import torch
 from pydantic import Field
 
 from ....export import set_graph_device
-from ....utils.errors import ConfigError
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH, MODEL_BUILT, MODEL_FACTORY, WEIGHTS_LOADED, WEIGHTS_SHARDED
 from ...graph_utils import named_graphmodules
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -31,6 +31,17 @@ class LoadWeights(BaseTransform):
             ``device=`` argument names the run device
     """
 
+    stage = Stages.WEIGHT_LOAD
+    requires = (MODEL_FACTORY, MODEL_BUILT)
+    uses = (EXPORTED_GRAPH, WEIGHTS_SHARDED)
+    provides = (WEIGHTS_LOADED,)
+    optional = False
+    failure_hint = (
+        "Check the checkpoint in the model directory (a truncated or corrupt *.safetensors "
+        "file, or an index naming a missing shard: download it again), or set "
+        "`skip_loading_weights: true` to build with random weights."
+    )
+
     config: LoadWeightsConfig
 
     @classmethod
@@ -38,8 +49,6 @@ class LoadWeights(BaseTransform):
         return LoadWeightsConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        if factory is None:
-            raise ConfigError("load_weights needs the model factory (it knows the checkpoint).")
         device = torch.device(self.config.device or (cm.device if cm is not None else "cpu"))
         factory.load_or_random_init(gm, device)
         changed = sum(set_graph_device(sub, device) for _, sub in named_graphmodules(gm))

@@ -8,8 +8,9 @@ from torch.fx import GraphModule
 
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH, INPUTS_ON_DEVICE
 from ...graph_utils import fake_mode_of, named_graphmodules, placeholders
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 
@@ -28,6 +29,12 @@ class MoveInputsToDevice(BaseTransform):
     before: ``input_ids``/``position_ids`` example values on meta
     after:  the same symbolic shapes on the run device (``*_host`` inputs stay on the CPU)
     """
+
+    stage = Stages.WEIGHT_LOAD
+    requires = (EXPORTED_GRAPH,)
+    provides = (INPUTS_ON_DEVICE,)
+    optional = False
+    failure_hint = "Check `device` (and that the device is visible to this process)."
 
     config: MoveInputsToDeviceConfig
 
