@@ -264,6 +264,8 @@ def test_experts_with_biases_are_rejected_with_the_reason():
 def test_coverage_expects_one_moe_op_per_sparse_layer(moe_llms):
     """The build's coverage report counts the MoE op in layer 0 and the dense MLP in layer 1;
     against a config that declares layer 1 sparse too, layer 1 is named as missing."""
+    from autodeploy.models import ModelFactoryRegistry
+    from autodeploy.transforms import InferenceOptimizer
     from autodeploy.transforms.library.pattern_matcher._coverage import collect_coverage
     from autodeploy.transforms.library.pattern_matcher.verify_pattern_coverage import (
         COVERAGE_META_KEY,
@@ -271,8 +273,11 @@ def test_coverage_expects_one_moe_op_per_sparse_layer(moe_llms):
 
     llm = moe_llms("qwen2_moe")
     assert "moe: 1/1 sparse layers" in llm.model.meta[COVERAGE_META_KEY]["text"]
+    factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(llm.args.model)
+    pipeline = {"build_model": {"stage": "factory"}, "export_to_gm": {"stage": "export"}}
+    exported = InferenceOptimizer(factory, pipeline)(None)
     all_sparse = tiny_config("qwen2_moe", mlp_only_layers=[])
-    coverage = collect_coverage(llm.model, all_sparse)
+    coverage = collect_coverage(exported, all_sparse)
     assert coverage.moe.missing_layers == [1] and not coverage.moe.ok
 
 
