@@ -62,6 +62,31 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm3": ("SmolLM3Config", _GQA),
     "glm": ("GlmConfig", {**_GQA, "head_dim": 16}),
 }
+# Mixture of experts: 4 experts, top-2, small expert MLPs (tests/models/test_moe_models.py).
+MOE_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "mixtral": ("MixtralConfig", {**_GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            **_GQA,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 48,
+            "mlp_only_layers": [1],  # layer 1 is a dense MLP
+        },
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        {
+            **_GQA,
+            "head_dim": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+        },
+    ),
+}
 
 
 # Mamba-2 and hybrid architectures: 8 SSM heads of 16 channels (expand 2), 2 groups, state 16,
@@ -123,8 +148,9 @@ HYBRID_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def tiny_config(arch: str, **overrides: Any) -> transformers.PretrainedConfig:
-    """A tiny config of ``arch`` (see ARCHITECTURES, HYBRID_ARCHITECTURES); ``overrides`` win."""
-    class_name, extra = {**ARCHITECTURES, **HYBRID_ARCHITECTURES}[arch]
+    """A tiny config of ``arch`` (ARCHITECTURES, MOE_ARCHITECTURES, HYBRID_ARCHITECTURES);
+    ``overrides`` win."""
+    class_name, extra = {**ARCHITECTURES, **MOE_ARCHITECTURES, **HYBRID_ARCHITECTURES}[arch]
     config_cls = getattr(transformers, class_name)
     return config_cls(**{**_COMMON, **extra, **overrides})
 

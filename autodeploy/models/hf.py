@@ -17,8 +17,10 @@ from ..utils.unsupported import advice, first_line, module_from_traceback
 from .checkpoint import find_checkpoint_files, load_checkpoint, materialize_on_device, random_init
 from .factory import ModelFactory, ModelFactoryRegistry
 from .hf_attention import ATTN_IMPLEMENTATION, register_hf_attention
-from .hf_key_mapping import hf_key_renamer
+from .hf_key_mapping import hf_key_conversions
+from .hf_moe import check_moe_support
 from .meta_init import parameters_on_meta
+from .moe_checkpoint import stack_experts_on_load
 from .sources import BUILTIN_PREFIX, resolve_model_dir
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,7 +99,8 @@ class AutoModelForCausalLMFactory(ModelFactory):
             raise
         except Exception as exc:
             raise _build_failure(config, exc) from exc
-        self._key_renamer = hf_key_renamer(model)
+        check_moe_support(model)
+        self._key_renamer, self._expert_converters = hf_key_conversions(model)
         return model.eval()
 
     def get_example_inputs(self) -> dict[str, torch.Tensor]:
@@ -115,12 +118,9 @@ class AutoModelForCausalLMFactory(ModelFactory):
         materialize_on_device(model, device, self.torch_dtype)
         files = [] if self.skip_loading_weights else find_checkpoint_files(self.model_dir)
         if files:
-            load_checkpoint(
-                model,
-                files,
-                rename=getattr(self, "_key_renamer", None),
-                check_weights=self.check_weights,
-            )
+            rename = getattr(self, "_key_renamer", None)
+            with stack_experts_on_load(model, getattr(self, "_expert_converters", []), rename):
+                load_checkpoint(model, files, rename=rename, check_weights=self.check_weights)
             return
         if not self.skip_loading_weights and not self.is_builtin:
             raise ConfigError(

@@ -29,7 +29,7 @@ _IGNORED_KWARGS = frozenset(
         "layer_idx",
         "is_causal",
         "position_embeddings",
-        "output_router_logits",  # GraniteMoeHybrid forwards its MoE flag to every layer
+        "output_router_logits",  # MoE models forward their router-logits flag to every layer
     }
 )
 

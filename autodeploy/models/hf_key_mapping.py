@@ -1,9 +1,10 @@
 """Checkpoint key renames that transformers applies when it loads a checkpoint itself.
 
 Transformers 5 renames legacy checkpoint keys on load (e.g. GPT-NeoX ``embed_out`` ->
-``lm_head``). We load checkpoints ourselves, so we apply the same renames. Conversions that
-reshape tensors (e.g. merging per-expert MoE weights) are not renames: a checkpoint that needs
-one is rejected with a clear error instead of loading wrong values.
+``lm_head``). We load checkpoints ourselves, so we apply the same renames. Of the conversions
+that reshape tensors, stacking per-expert MoE tensors is applied on load (``moe_checkpoint.py``;
+those keys pass through the renamer); a checkpoint that needs any other one is rejected with a
+clear error instead of loading wrong values.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import torch.nn as nn
 from ..utils.errors import UnsupportedModelError
 from ..utils.logger import logger
 from ..utils.unsupported import advice, module_owning
+from .moe_checkpoint import ExpertConverter, expert_converter
 
 KeyRenamer = Callable[[str], str]
 
 
-def hf_key_renamer(model: nn.Module) -> KeyRenamer | None:
-    """A function mapping checkpoint keys to the model's names, or None if nothing to rename."""
+def hf_key_conversions(model: nn.Module) -> tuple[KeyRenamer | None, list[ExpertConverter]]:
+    """The key renamer and the per-expert stacking conversions transformers defines for
+    ``model``."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
@@ -29,14 +32,21 @@ def hf_key_renamer(model: nn.Module) -> KeyRenamer | None:
         transforms = get_model_conversion_mapping(model)
     except Exception as exc:  # API differs between transformers versions: load keys as they are
         logger.debug("no transformers key-conversion mapping available: %s", exc)
-        return None
+        return None, []
     renames = [t for t in transforms if isinstance(t, WeightRenaming)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    all_converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    stacking = [(t, expert_converter(t)) for t in all_converters]
+    expert_stacking = [ours for _, ours in stacking if ours is not None]
+    converters = [t for t, ours in stacking if ours is None]
     converter_patterns = [
         (re.compile(p), t) for t in converters for p in getattr(t, "source_patterns", [])
     ]
 
     def rename(key: str) -> str:
+        """Checkpoint key -> model name; per-expert keys pass through unchanged."""
+        if any(stacking.match(key) for stacking in expert_stacking):
+            return key  # the expert stacker renames the parameter it writes to (and keeps the
+            # checkpoint's key for its error messages)
         for pattern, converter in converter_patterns:
             if pattern.search(key):
                 raise unsupported_layout_error(model, key, converter)
@@ -44,7 +54,7 @@ def hf_key_renamer(model: nn.Module) -> KeyRenamer | None:
             key, _ = transform.rename_source_key(key)
         return key
 
-    return rename
+    return rename, expert_stacking
 
 
 def unsupported_layout_error(

@@ -11,7 +11,8 @@ A preset is a YAML file ``<name>.yaml`` with a ``description`` and a Hugging Fac
   weights autodeploy gives the same config (parameters materialized directly on ``device``, then
   ``random_init`` with the factory's seed, in the same parameter order), so the baselines and
   autodeploy run the same weights;
-- ``weight_bytes_per_step(config, dtype)``: what one decode step must read from memory.
+- ``weight_bytes_per_step(config, dtype)``: what one decode step must read from memory (for an
+  MoE model at batch 1: the top-k experts of each layer, not all of them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ..utils.suggest import did_you_mean
 PRESET_DIR = Path(__file__).resolve().parent.parent / "models" / "presets"
 # The seed of ModelFactory's random init (its default); the baselines use the same one.
 WEIGHT_SEED = 0
+# Config keys that hold the number of experts each token is routed to.
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -108,9 +111,11 @@ def build_hf_model(
 
 def weight_bytes_per_step(config: dict[str, Any], dtype: torch.dtype) -> int:
     """Bytes of weights one decode step reads: every parameter except the input embedding table,
-    with the output head counted even when it is tied to that table (it is read as a GEMM)."""
+    with the output head counted even when it is tied to that table (it is read as a GEMM).
+    Stacked MoE expert weights count for the top-k experts a token is routed to (batch 1)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ..models.hf_moe import is_pluggable_experts
     from ..models.meta_init import parameters_on_meta
 
     hf_config = AutoConfig.for_model(**config)
@@ -120,6 +125,12 @@ def weight_bytes_per_step(config: dict[str, Any], dtype: torch.dtype) -> int:
     head = model.get_output_embeddings()
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() * p.element_size() for key, p in unique.items() if key != id(embedding))
+    top_k = next((config[k] for k in _TOP_K_KEYS if config.get(k)), None)
+    for module in model.modules():
+        if top_k and is_pluggable_experts(module):
+            for param in module.parameters(recurse=False):  # [E, ...]: only top_k are read
+                unread = param.shape[0] - min(int(top_k), param.shape[0])
+                total -= unread * param[0].numel() * param.element_size()
     if head is not None and head.weight is embedding:
         total += embedding.numel() * embedding.element_size()
     return total

@@ -17,6 +17,7 @@ from torch.fx import GraphModule, Node
 
 from ...graph_utils import is_op
 from ...pattern import bound_args
+from ._moe_coverage import MoECoverage, collect_moe_coverage, format_moe_coverage
 from ._ssm_coverage import SSMCoverage, collect_ssm_coverage
 
 ad = torch.ops.auto_deploy
@@ -88,6 +89,7 @@ class Coverage:
     mlp_modules: int
     fused_mlps: int
     modules: dict[int, str] = field(default_factory=dict)  # layer -> attention module path
+    moe: MoECoverage = field(default_factory=MoECoverage)
     ssm: SSMCoverage = field(default_factory=SSMCoverage)  # Mamba-2 mixer layers
 
     @property
@@ -269,6 +271,12 @@ def collect_coverage(gm: GraphModule, config: Any = None) -> Coverage:
         mlp_modules=len(mlp_modules),
         fused_mlps=sum(is_op(n, ad.torch_swiglu_mlp.default) for n in nodes),
         modules=attention_modules,
+        moe=collect_moe_coverage(
+            nodes,
+            config,
+            {_layer_of(path) for path in mlp_modules},
+            int(getattr(config, "num_hidden_layers", 0) or 0),
+        ),
         ssm=collect_ssm_coverage(
             nodes, config, lambda n: _layer_of((_innermost(n) or ("", ""))[0]), mixer_layers
         ),
@@ -313,6 +321,7 @@ def format_coverage(cov: Coverage) -> str:
     for module in cov.unmatched_norm_modules:
         lines.append(f"    UNMATCHED {module}")
     lines.append(f"  mlp: {cov.mlp_modules} MLP modules, {cov.fused_mlps} fused (torch_swiglu_mlp)")
+    lines.extend(format_moe_coverage(cov.moe))
     if cov.ssm.expected_layers or cov.ssm.ssm_layers:
         lines.append(cov.ssm.format())
     return "\n".join(lines)

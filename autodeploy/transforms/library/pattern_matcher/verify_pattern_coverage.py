@@ -47,7 +47,8 @@ class VerifyPatternCoverage(BaseTransform):
     after:  the same graph; ``gm.meta["autodeploy_coverage"] = {"summary": {...}, "text": ...}``
             (the text also as ``gm.meta["_autodeploy"]["coverage"]``, read by dump_graph)
     Attention must be found in every attention layer the config declares (with the config's
-    sliding window, soft-cap and kv heads); missing RoPE or unmatched RMSNorm modules are
+    sliding window, soft-cap and kv heads), and one MoE op in every sparse layer of an MoE
+    model (dense layers must show their MLP); missing RoPE or unmatched RMSNorm modules are
     reported as build problems (errors in strict mode).
     """
 
@@ -85,6 +86,15 @@ class VerifyPatternCoverage(BaseTransform):
             if self.config.on_mismatch == "error":
                 raise TransformError(message)
             self.report_problem(shared_config, message)
+        if not coverage.moe.ok:
+            message = (
+                f"MoE op (torch_moe) missing in sparse layer(s) {coverage.moe.missing_layers} "
+                "(the config declares experts there); see the hf_moe_experts export patch. Set "
+                "`transforms.verify_pattern_coverage.on_mismatch: warn` to continue anyway."
+            )
+            if self.config.on_mismatch == "error":
+                raise TransformError(message)
+            self.report_problem(shared_config, message)
         if not coverage.ssm.ok:
             message = (
                 f"Mamba mixers not exported as canonical ops: {coverage.ssm.format().strip()}; "
@@ -93,6 +103,12 @@ class VerifyPatternCoverage(BaseTransform):
             if self.config.on_mismatch == "error":
                 raise TransformError(message)
             self.report_problem(shared_config, message)
+        if coverage.moe.dense_layers_without_mlp:
+            self.report_problem(
+                shared_config,
+                f"dense layers {coverage.moe.dense_layers_without_mlp} of an MoE model have no "
+                "MLP module in the graph.",
+            )
         if coverage.missing_rope_layers:
             self.report_problem(
                 shared_config,

@@ -1,0 +1,109 @@
+"""``torch_moe``: the canonical mixture-of-experts op (routed experts only) and its specification.
+
+Argument contract (shared by every MoE backend, ``torch_moe_grouped`` and ``triton_moe_fused``):
+
+- ``hidden_states`` ``[T, H]``: the tokens (flattened batch).
+- ``selected_experts`` ``[T, K]`` (integer): the top-k expert ids the router picked per token,
+  each in ``[0, E)``. K is the op's top-k.
+- ``routing_weights`` ``[T, K]``: the weight of each picked expert (already normalized, biased,
+  scaled, as the model's router defines it; routing stays in the graph as ordinary ops).
+- ``gate_up_weight`` ``[E, 2 * I, H]``: per expert, rows ``[0, I)`` are the gate projection and
+  rows ``[I, 2I)`` the up projection (Hugging Face's ``experts.gate_up_proj``).
+- ``down_weight`` ``[E, H, I]``: per expert, the down projection (``experts.down_proj``).
+- ``activation``: the gate activation, one of ``ACTIVATIONS``.
+
+Output ``[T, H]`` (dtype of ``hidden_states``)::
+
+    out[t] = sum_k routing_weights[t, k] * expert_{selected_experts[t, k]}(hidden_states[t])
+    expert_e(x) = down_weight[e] @ (act(gate_e @ x) * (up_e @ x))
+
+Expert parallelism: the expert dimension is dim 0 of both weights and nothing else, so a rank can
+hold a contiguous slice of experts ``[start, stop)``: it passes ``selected_experts - start``
+(ids outside the slice clamped to any local expert) and zeroes their ``routing_weights``, then
+sums the partial outputs across ranks. Tensor parallelism within an expert splits ``I``: the
+gate rows and the up rows of ``gate_up_weight`` separately (dim 1), ``down_weight`` on dim 2.
+
+The reference below computes every expert for every token and keeps only the routed results
+(a dense one-hot combine): slow, but free of data-dependent shapes and easy to check.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def check_moe_args(
+    name: str,
+    hidden_states: Tensor,
+    selected_experts: Tensor,
+    routing_weights: Tensor,
+    gate_up_weight: Tensor,
+    down_weight: Tensor,
+    activation: str,
+) -> None:
+    """Raise ValueError naming the argument that breaks the contract above."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{name}: activation {activation!r} is not one of {sorted(ACTIVATIONS)}.")
+    if hidden_states.dim() != 2:
+        raise ValueError(
+            f"{name}: hidden_states must be [tokens, hidden], got {hidden_states.shape}."
+        )
+    tokens, hidden = hidden_states.shape
+    if selected_experts.dim() != 2 or selected_experts.shape[0] != tokens:
+        raise ValueError(
+            f"{name}: selected_experts must be [{tokens}, top_k], got {selected_experts.shape}."
+        )
+    if routing_weights.shape != selected_experts.shape:
+        raise ValueError(
+            f"{name}: routing_weights {routing_weights.shape} must match selected_experts "
+            f"{selected_experts.shape}."
+        )
+    experts, two_inter, weight_hidden = gate_up_weight.shape
+    if weight_hidden != hidden or two_inter % 2:
+        raise ValueError(
+            f"{name}: gate_up_weight must be [experts, 2 * intermediate, {hidden}], got "
+            f"{gate_up_weight.shape}."
+        )
+    if down_weight.shape != (experts, hidden, two_inter // 2):
+        raise ValueError(
+            f"{name}: down_weight must be [{experts}, {hidden}, {two_inter // 2}], got "
+            f"{down_weight.shape}."
+        )
+
+
+@torch.library.custom_op("auto_deploy::torch_moe", mutates_args=())
+def torch_moe(
+    hidden_states: Tensor,
+    selected_experts: Tensor,
+    routing_weights: Tensor,
+    gate_up_weight: Tensor,
+    down_weight: Tensor,
+    activation: str = "silu",
+) -> Tensor:
+    """Routed gated-MLP experts; see the module docstring for the argument contract."""
+    num_experts = gate_up_weight.shape[0]
+    # combine[t, e]: the routing weight token t gives expert e (0 where e was not picked).
+    one_hot = F.one_hot(selected_experts.long(), num_experts)  # [T, K, E]
+    combine = (one_hot * routing_weights.unsqueeze(-1)).sum(dim=1)  # [T, E]
+    gate_up = torch.einsum("th,eoh->teo", hidden_states, gate_up_weight)  # [T, E, 2I]
+    gate, up = gate_up.chunk(2, dim=-1)  # [T, E, I] each
+    intermediate = ACTIVATIONS[activation](gate) * up  # [T, E, I]
+    expert_out = torch.einsum("tei,ehi->teh", intermediate, down_weight)  # [T, E, H]
+    out = (expert_out * combine.to(expert_out.dtype).unsqueeze(-1)).sum(dim=1)  # [T, H]
+    return out.to(hidden_states.dtype)
+
+
+@torch_moe.register_fake
+def _torch_moe_fake(
+    hidden_states, selected_experts, routing_weights, gate_up_weight, down_weight, activation="silu"
+):
+    return hidden_states.new_empty(hidden_states.shape)
