@@ -96,7 +96,8 @@ def test_dry_run_prints_the_resolved_config_with_sources(capsys):
     assert build_and_run.main(["--dry-run", "--args.max-seq-len=128", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "max_seq_len: 128" in out and "# cli" in out
-    assert "insert_cached_attention" in out and "# prompt:" in out
+    assert "insert_cached_attention" in out and "\nprompt:\n  batch_size: 2" in out
+    assert "results_path: benchmark_results.json  # default" in out
 
 
 def test_benchmark_raises_max_seq_len_unless_set_explicitly(capsys):

@@ -278,7 +278,7 @@ def test_trust_remote_code_false_is_allowed(make_registry):
         ),
         ("attn_backend: no-such-backend\n", ["no-such-backend", "registry:base.yaml"]),
         (
-            "kv_cache_config: {dtype: fp8}\n",
+            "kv_cache_config: {dtype: float8}\n",
             ["kv_cache_config.dtype", "registry:base.yaml, line 1"],
         ),
     ],
