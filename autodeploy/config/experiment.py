@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..utils.errors import ConfigError
 from ..utils.suggest import close_matches, did_you_mean
-from .layers import Layer, merge_layers, yaml_file_layer
+from .layers import Layer, iter_leaves, merge_layers, yaml_file_layer
 
 SECTIONS = ("args", "prompt", "benchmark")
 TOP_LEVEL_KEYS = (*SECTIONS, "model", "dry_run")
@@ -182,9 +182,9 @@ def resolve_sections(files: Sequence[ExperimentFile], cli: Mapping[str, Any]) ->
         configs[name] = _section(model, merged.get(name) or {}, name, provenance)
     sources: dict[str, str] = {}
     for name, config in configs.items():
-        for key in config.model_dump():
-            found = [src for path, src in provenance.paths.items() if path[:2] == (name, key)]
-            sources[f"{name}.{key}"] = found[-1] if found else "default"
+        for leaf, _ in iter_leaves(config.model_dump(), (name,)):
+            found = [src for path, src in provenance.paths.items() if path[: len(leaf)] == leaf]
+            sources[".".join(leaf)] = found[-1] if found else "default"
     return ExperimentSections(
         configs["prompt"], configs["benchmark"], bool(merged.get("dry_run", False)), sources
     )

@@ -146,9 +146,10 @@ class _Translation:
             out[key] = value  # neither ours nor upstream's: the schema reports it
 
     def _set_once(self, out: dict[str, Any], field: str, value: Any, key: str) -> None:
-        if field in out and out[field] != value:
+        given = self.layer.values.get(field, value)
+        if given != value:
             raise ConfigError(
-                f"{self.layer.source}: {key}={value!r} and {field}={out[field]!r} disagree. "
+                f"{self.layer.source}: {key}={value!r} and {field}={given!r} disagree. "
                 f"{key} is upstream's name for {field}; keep one of them."
             )
         out[field] = value

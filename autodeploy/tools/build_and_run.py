@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             outputs = llm.generate(queries, params)
             for index, output in enumerate(outputs):
                 completion = output.outputs[0]
-                print(f"[{index}] prompt: {output.prompt!r}")
+                shown = output.prompt if output.prompt is not None else queries[index]
+                print(f"[{index}] prompt: {shown!r}")
                 print(
                     f"[{index}] output: {completion.text!r} ({len(completion.token_ids)} "
                     f"tokens, {completion.finish_reason})"

@@ -114,3 +114,20 @@ def test_benchmark_raises_max_seq_len_unless_set_explicitly(capsys):
         == 2
     )
     assert "needs isl + osl = 228 tokens" in capsys.readouterr().err
+
+
+def test_experiment_file_with_token_id_queries_runs(tmp_path, capsys):
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        "args:\n"
+        "  device: cpu\n"
+        "  model_kwargs: {num_hidden_layers: 1}\n"
+        "  transforms: {compile_model: {backend: torch-simple}}\n"
+        "prompt:\n"
+        "  batch_size: 1\n"
+        "  queries: [[1, 2, 3, 4]]\n"
+        "  sp_kwargs: {max_tokens: 3}\n"
+    )
+    assert build_and_run.main(["--yaml-extra", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "[0] prompt: [1, 2, 3, 4]" in out and "(3 tokens, length)" in out
