@@ -122,7 +122,7 @@ def _list(registry: Registry, only_enabled: bool, only_disabled: bool) -> int:
                 entry.config_id,
                 str(_world_size(registry, entry)),
                 "yes" if entry.architecture else "-",
-                ", ".join(f.removesuffix(".yaml") for f in entry.yaml_extra),
+                ", ".join(f.removesuffix(".yaml") for f in entry.files),
                 "enabled" if entry.enabled else f"disabled: {entry.disabled_reason}",
             )
         )
@@ -136,7 +136,7 @@ def _list(registry: Registry, only_enabled: bool, only_disabled: bool) -> int:
 
 
 def _world_size(registry: Registry, entry: RegistryEntry) -> int:
-    merged, _ = merge_layers([registry.fragment_layer(f) for f in entry.yaml_extra])
+    merged, _ = merge_layers([registry.fragment_layer(f) for f in entry.files])
     return merged.get("world_size", LlmArgs.model_fields["world_size"].default)
 
 
@@ -162,7 +162,7 @@ def _show(registry: Registry, name: str, config_id: str | None) -> int:
         print(f"{entry.name}  [config_id: {entry.config_id}]  ({registry.where(entry)})")
         status = "enabled" if entry.enabled else f"disabled: {entry.disabled_reason}"
         print(f"  status:       {status}")
-        print(f"  yaml_extra:   {', '.join(entry.yaml_extra)}")
+        print(f"  yaml_extra:   {', '.join(entry.files)}")
         if entry.architecture is not None:
             pattern = entry.architecture
             print(f"  architecture: {pattern.describe()} (specificity {pattern.specificity})")
@@ -172,12 +172,13 @@ def _show(registry: Registry, name: str, config_id: str | None) -> int:
             print("  deployments:")
             for deployment in entry.deployments:
                 print(f"    {deployment.describe()}")
-        for world_size, settings in entry.device_settings.items():
-            values = settings.model_dump(exclude_defaults=True)
-            shown = ", ".join(f"{k}={dump_yaml_value(v)}" for k, v in values.items())
-            print(f"  device_settings[world_size={world_size}]: {shown}")
+        for world_size, variants in entry.device_settings.items():
+            for settings in variants:
+                values = settings.model_dump(exclude_defaults=True)
+                shown = ", ".join(f"{k}={dump_yaml_value(v)}" for k, v in values.items())
+                print(f"  device_settings[world_size={world_size}]: {shown}")
         print("  files (merged in this order over default.yaml):")
-        for file in entry.yaml_extra:
+        for file in entry.files:
             path = registry.configs_path / file
             print(f"    --- configs/{file}")
             for line in path.read_text(encoding="utf-8").rstrip().splitlines():
