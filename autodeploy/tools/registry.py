@@ -6,7 +6,7 @@
     python -m autodeploy.tools.registry show NAME [--config-id ID]
     python -m autodeploy.tools.registry resolve NAME_OR_PATH [--config-id ID] [--strict]
         [--table] [LlmArgs overrides: --world-size 1 --args.max-seq-len=4096 ...]
-    python -m autodeploy.tools.registry check
+    python -m autodeploy.tools.registry check [--json]
 
 - ``list``: every entry: name, config_id, world size, files, enabled or why not;
 - ``show``: an entry (every variant of the name without ``--config-id``): files and their
@@ -17,7 +17,12 @@
   every value. Extra options are LlmArgs overrides (as in build_and_run), to see how they
   combine with the registry;
 - ``check``: the deep check (every entry composes into a valid configuration; architecture
-  patterns name real config attributes).
+  patterns name real config attributes). ``--json``: one record per entry, ``{name,
+  config_id, ok, error, not_used}`` (``error`` says what is missing; ``not_used``: upstream
+  keys the entry sets that autodeploy does not use).
+
+The registry may be in autodeploy's format (version 1) or upstream AutoDeploy's (version
+'2.0', e.g. TensorRT-LLM's ``examples/auto_deploy/model_registry``): ``--registry-dir DIR``.
 
 ``--registry-dir DIR`` (any command) reads another registry (a directory with models.yaml and
 configs/). Exit status: 0 success, 1 no entry matches (``resolve``) or problems found
@@ -27,6 +32,7 @@ configs/). Exit status: 0 success, 1 no entry matches (``resolve``) or problems 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -45,7 +51,7 @@ from ..config.model_registry import (
     select_entry,
 )
 from ..config.model_registry.loader import registry_dir
-from ..config.model_registry.validation import check_registry
+from ..config.model_registry.validation import check_entries, check_registry
 from ..config.yaml_loader import dump_yaml_value
 from ..utils.errors import ConfigError
 
@@ -67,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _show(registry, opts.name, opts.config_id)
             if opts.command == "resolve":
                 return _resolve(registry, opts, rest)
-            return _check(registry)
+            return _check(registry, opts.json)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -94,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("--config-id", help="the variant (default: 'default')")
     resolve.add_argument("--strict", action="store_true", help="strict_registry=True")
     resolve.add_argument("--table", action="store_true", help="merged config as a table")
-    commands.add_parser("check", help="deep check: every entry composes")
+    check = commands.add_parser("check", help="deep check: every entry composes")
+    check.add_argument("--json", action="store_true", help="one JSON record per entry")
     for sub in (listing, show, resolve, commands.choices["check"]):
         sub.add_argument("--registry-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -229,7 +236,13 @@ def _resolve(registry: Registry, opts: argparse.Namespace, rest: list[str]) -> i
 # ----------------------------------------------------------------------------- check
 
 
-def _check(registry: Registry) -> int:
+def _check(registry: Registry, as_json: bool = False) -> int:
+    if as_json:
+        records = check_entries(registry)
+        print(json.dumps([record.as_record() for record in records], indent=2))
+        failed = sum(not record.ok for record in records)
+        print(f"{len(records) - failed} of {len(records)} entries compose", file=sys.stderr)
+        return 1 if failed else 0
     problems = check_registry(registry)
     if problems:
         print(f"{len(problems)} problem(s) in {registry.models_path}:")

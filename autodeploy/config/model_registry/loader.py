@@ -85,7 +85,8 @@ class Registry:
         return f"{self.models_path}, line {line}" if line else str(self.models_path)
 
     def lookup(self, name: str, config_id: str | None = None) -> RegistryEntry:
-        """The entry ``(name, config_id)``; without config_id the 'default' one.
+        """The entry ``(name, config_id)``; without config_id the only one, else the
+        'default' one.
 
         Raises ``ConfigError`` for an unknown name (with close matches), an unknown config_id,
         or a name whose entries have no 'default' variant when config_id is None.
@@ -98,6 +99,8 @@ class Registry:
                 "autodeploy.tools.registry list`."
             )
         ids = [entry.config_id for entry in found]
+        if config_id is None and len(found) == 1:
+            return found[0]  # one variant: no need to name it (upstream names every variant)
         wanted = DEFAULT_CONFIG_ID if config_id is None else config_id
         for entry in found:
             if entry.config_id == wanted:
