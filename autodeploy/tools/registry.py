@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..config import LlmArgs, format_resolved_config, parse_cli
 from ..config.layers import merge_layers
+from ..config.upstream import translate_layers
 from ..config.model_registry import (
     NoMatch,
     Registry,
@@ -142,8 +143,15 @@ def _list(registry: Registry, only_enabled: bool, only_disabled: bool) -> int:
     return 0
 
 
-def _world_size(registry: Registry, entry: RegistryEntry) -> int:
-    merged, _ = merge_layers([registry.fragment_layer(f) for f in entry.files])
+def _world_size(registry: Registry, entry: RegistryEntry) -> int | str:
+    if entry.world_size is not None:
+        return entry.world_size
+    try:
+        layers = [registry.fragment_layer(f) for f in entry.files]
+    except ConfigError:
+        return "?"  # a file the entry cannot use (``check`` says why)
+    layers, _ = translate_layers(layers, LlmArgs.model_fields)  # tensor_parallel_size
+    merged, _ = merge_layers(layers)
     return merged.get("world_size", LlmArgs.model_fields["world_size"].default)
 
 
