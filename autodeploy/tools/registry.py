@@ -40,7 +40,6 @@ from pathlib import Path
 
 from ..config import LlmArgs, format_resolved_config, parse_cli
 from ..config.layers import merge_layers
-from ..config.upstream import translate_layers
 from ..config.model_registry import (
     NoMatch,
     Registry,
@@ -53,6 +52,7 @@ from ..config.model_registry import (
 )
 from ..config.model_registry.loader import registry_dir
 from ..config.model_registry.validation import check_entries, check_registry
+from ..config.upstream import translate_layers
 from ..config.yaml_loader import dump_yaml_value
 from ..utils.errors import ConfigError
 
