@@ -39,6 +39,7 @@ from .upstream_catalog import (
     UPSTREAM_TOP_LEVEL_UNUSED,
     UPSTREAM_TRANSFORM_BASE_KEYS,
     UPSTREAM_TRANSFORM_KEYS,
+    UPSTREAM_TRANSFORM_RENAMES,
     UPSTREAM_TRANSFORMS,
 )
 
@@ -276,6 +277,10 @@ class _Translation:
                         if value is None:
                             continue
                     config[key] = value
+                elif UPSTREAM_TRANSFORM_RENAMES.get((name, key)) in fields:
+                    ours = UPSTREAM_TRANSFORM_RENAMES[(name, key)]
+                    config.setdefault(ours, value)  # our own key, if also given, wins
+                    self.mapped(f"{path}.{key}", f"{path}.{ours}={config[ours]}")
                 elif key in UPSTREAM_TRANSFORM_BASE_KEYS:
                     self.unused(f"{path}.{key}", UPSTREAM_TRANSFORM_BASE_KEYS[key])
                 elif (name, key) in UPSTREAM_TRANSFORM_KEYS:

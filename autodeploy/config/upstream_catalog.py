@@ -193,9 +193,13 @@ UPSTREAM_TRANSFORM_KEYS: dict[tuple[str, str], str] = {
     ("compile_model", "piecewise_enabled"): "piecewise CUDA graphs are not implemented",
     ("compile_model", "num_batched_inputs"): "autodeploy finds the batched inputs itself",
     ("resize_kv_cache", "free_mem_ratio"): "use kv_cache_config.free_gpu_memory_fraction",
-    ("fuse_rmsnorm", "rmsnorm_backend"): "set fuse_rmsnorm.backend instead",
     ("fuse_rmsnorm", "gated_rmsnorm_backend"): NEEDS_SSM,
     ("gather_logits_before_lm_head", "max_batch_size"): "sized from max_batch_size",
+}
+
+# Upstream names of keys autodeploy's transforms call differently: (transform, key) -> our key.
+UPSTREAM_TRANSFORM_RENAMES: dict[tuple[str, str], str] = {
+    ("fuse_rmsnorm", "rmsnorm_backend"): "backend",
 }
 
 # Top-level LLM-API keys that only TensorRT-LLM uses -> reason. A value equal to the "neutral"

@@ -116,6 +116,7 @@ def test_upstream_only_transforms_and_transform_keys(write_yaml):
           mlir_elementwise_fusion: {enabled: false}
           _test_cfg_dummy_b: {stage: post_export, run_per_gm: false, expect_mem_change: true}
           build_model: {stage: factory, device: meta}
+          fuse_rmsnorm: {stage: post_load_fusion, rmsnorm_backend: torch}
         """,
     )
     args = LlmArgs(yaml_extra=[path])
@@ -130,6 +131,10 @@ def test_upstream_only_transforms_and_transform_keys(write_yaml):
     assert "fuse_trtllm_attn_quant_fp8" not in args.transforms
     assert "run_per_gm" not in args.transforms["_test_cfg_dummy_b"]
     assert args.transforms["build_model"] == {"stage": "factory"}
+    assert args.transforms["fuse_rmsnorm"]["backend"] == "torch"
+    assert notes["transforms.fuse_rmsnorm.rmsnorm_backend"].endswith(
+        "mapped to transforms.fuse_rmsnorm.backend=torch"
+    )
 
 
 def test_names_unknown_to_both_stay_errors_with_suggestions(write_yaml):
