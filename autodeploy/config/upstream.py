@@ -26,7 +26,7 @@ suggestions as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,13 +100,12 @@ class _Translation:
                 )
             else:
                 self._top_level(key, value, out)
-        for name, handler in (
-            ("kv_cache_config", self._kv_cache),
-            ("attn_backend", self._attn_backend),
-            ("transforms", self._transforms),
-        ):
-            if isinstance(out.get(name), dict) or name == "attn_backend":
-                handler(out)
+        if isinstance(out.get("kv_cache_config"), dict):
+            self._kv_cache(out["kv_cache_config"])
+        if "attn_backend" in out:
+            self._attn_backend(out)
+        if isinstance(out.get("transforms"), dict):
+            self._transforms(out)
         return out
 
     # ------------------------------------------------------------------ top level
@@ -196,10 +195,9 @@ class _Translation:
 
     # ------------------------------------------------------------------ nested sections
 
-    def _kv_cache(self, out: dict[str, Any]) -> None:
+    def _kv_cache(self, section: dict[str, Any]) -> None:
         from .settings import KvCacheConfig
 
-        section = out["kv_cache_config"]
         ours = KvCacheConfig.model_fields
         dtypes = _literal_values(ours["dtype"].annotation)
         for key in list(section):
@@ -225,12 +223,11 @@ class _Translation:
                 self.unused(path, UPSTREAM_KV_CACHE_UNUSED[key])
 
     def _attn_backend(self, out: dict[str, Any]) -> None:
-        if "attn_backend" in out:
-            mapped = self._backend_name(out["attn_backend"], "attn_backend")
-            if mapped is None:
-                del out["attn_backend"]
-            else:
-                out["attn_backend"] = mapped
+        mapped = self._backend_name(out["attn_backend"], "attn_backend")
+        if mapped is None:
+            del out["attn_backend"]
+        else:
+            out["attn_backend"] = mapped
 
     def _backend_name(self, value: Any, path: str) -> Any:
         """Our name for an attention backend; None when the backend is upstream-only."""
@@ -350,11 +347,3 @@ def _attention_backends() -> set[str]:
         return set()
     names = getattr(AttentionRegistry, "names", None)
     return {"auto", *(names() if callable(names) else [])}
-
-
-def notes_by_kind(notes: Iterable[UpstreamNote]) -> Mapping[str, list[UpstreamNote]]:
-    """``{"mapped": [...], "unused": [...]}``."""
-    grouped: dict[str, list[UpstreamNote]] = {"mapped": [], "unused": []}
-    for note in notes:
-        grouped["mapped" if note.used else "unused"].append(note)
-    return grouped

@@ -39,11 +39,14 @@ def check_entries(registry: Registry) -> list[EntryCheck]:
     """One record per entry: does it compose (default deployment and every listed one)?"""
     records = []
     for entry in registry.entries:
-        problems = compose_problems(registry, entry) + architecture_problems(entry)
         not_used: list[str] = []
-        if not problems:
+        try:
             args = compose_entry(registry, entry)
             not_used = [n.key for n in args.upstream_notes() if not n.used]
+            problems = compose_problems(registry, entry, with_default=False)
+        except ConfigError as exc:
+            problems = [str(exc)]
+        problems += architecture_problems(entry)
         error = "; ".join(_one_line(p) for p in problems) or None
         records.append(EntryCheck(entry.name, entry.config_id, not problems, error, not_used))
     return records
@@ -80,8 +83,12 @@ def compose_entry(
         )
 
 
-def compose_problems(registry: Registry, entry: RegistryEntry) -> list[str]:
-    deployments = [None] + [
+def compose_problems(
+    registry: Registry, entry: RegistryEntry, with_default: bool = True
+) -> list[str]:
+    """Problems composing ``entry`` (its default deployment unless not ``with_default``, and
+    every listed deployment)."""
+    deployments = [None] * with_default + [
         {
             "world_size": d.world_size,
             "max_seq_len": d.max_seq_len,
