@@ -6,6 +6,11 @@
 says which layer set each value. ``LlmArgs.model_validate(data)`` (and LlmArgs as a field of
 another model) goes through the same ``__init__``: ``data`` is the keyword-argument layer.
 
+Keys written for TensorRT-LLM AutoDeploy are translated in every layer before the merge
+(``upstream.py``: mapped onto ours, or reported as not used; an error with ``strict``);
+``args.upstream_notes()`` lists them. ``LlmArgs.from_cli(cli, experiment_layers)`` also takes
+the ``args`` sections of experiment files (``experiment.py``).
+
 Derived values: ``max_num_tokens=None`` becomes ``max(max_seq_len, 2048)`` (provenance
 "derived"); the shortcuts ``attn_backend``/``compile_backend`` are synced with their transforms
 (see ``shortcuts.py``).
