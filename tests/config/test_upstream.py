@@ -178,3 +178,17 @@ def test_resolved_config_lists_the_upstream_keys(write_yaml):
     assert f"tensor_parallel_size (from yaml_extra:{path}): mapped to world_size=1" in text
     assert "upstream key runtime=trtllm: not used by autodeploy" in text
     assert re.search(rf"\nworld_size: 1 +# yaml_extra:{path}\n", text)
+
+
+def test_build_summary_reports_each_upstream_key_once(write_yaml, ad_logs):
+    from autodeploy.runtime.builder import report_upstream_keys
+
+    path = write_yaml("up.yaml", "runtime: trtllm\ntensor_parallel_size: 1\n")
+    report_upstream_keys(LlmArgs(yaml_extra=[path]))
+    warnings = [r.getMessage() for r in ad_logs.records if r.levelname == "WARNING"]
+    infos = [r.getMessage() for r in ad_logs.records if r.levelname == "INFO"]
+    assert warnings == [
+        "build summary: upstream key runtime=trtllm: not used by autodeploy (autodeploy runs "
+        f"its own runtime, not TensorRT-LLM's) [yaml_extra:{path}]"
+    ]
+    assert any("tensor_parallel_size" in line and "mapped" in line for line in infos)
