@@ -1,7 +1,8 @@
 """autodeploy: export an unmodified Hugging Face / PyTorch LLM to a graph and make it fast to serve.
 
-Public API: ``LLM`` and ``SamplingParams`` for generation; ``autodeploy.transforms`` for the
-pass manager (``InferenceOptimizer(factory, cfg)(cm)``).
+Public API: ``LLM``, ``AsyncLLM`` (streaming, for servers) and ``SamplingParams`` for
+generation; ``autodeploy.transforms`` for the pass manager
+(``InferenceOptimizer(factory, cfg)(cm)``).
 """
 
 from typing import Any
@@ -14,7 +15,11 @@ from .plugins import load_plugins  # noqa: E402
 
 load_plugins()
 
-_LAZY = {"LLM": ("runtime.llm", "LLM"), "SamplingParams": ("runtime.sampling", "SamplingParams")}
+_LAZY = {
+    "LLM": ("runtime.llm", "LLM"),
+    "AsyncLLM": ("runtime.async_llm", "AsyncLLM"),
+    "SamplingParams": ("runtime.sampling", "SamplingParams"),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +32,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'autodeploy' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "SamplingParams", "__version__", "load_plugins"]
+__all__ = ["AsyncLLM", "LLM", "SamplingParams", "__version__", "load_plugins"]

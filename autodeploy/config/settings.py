@@ -146,6 +146,12 @@ class LlmArgs(BaseSettings):
         "prompt is prefilled over several steps. Off, the budget must hold a longest prompt; "
         "the scheduler still splits a prompt when several share one step's budget.",
     )
+    max_waiting_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Serving: most requests waiting for admission; the server answers 503 with "
+        "Retry-After beyond it. None: unbounded.",
+    )
     attn_backend: str | None = Field(
         default=None,
         description="Shortcut for transforms.insert_cached_attention.backend; when set "

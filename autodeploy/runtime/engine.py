@@ -7,9 +7,12 @@ One ``step()``:
    tokens; the new tokens are ``request.token_ids[num_computed : num_computed + n]``;
 3. ``cm.info.nest_sequences(input_ids, input_pos, cache_loc, slot_idx)`` packs the batch (one
    host-to-device copy);
-4. ``logits = model(**cm.named_args)``; ``cm.info.gather_last_logits(logits)`` -> [B, vocab];
-5. the sampler picks one token per row (rows whose prompt is not fully prefilled yet ignore
-   theirs); the only device-to-host copy of the step is the B new tokens;
+4. ``logits = self._forward()`` (the one call of the model); ``cm.info.gather_last_logits``
+   -> [B, vocab]. A step carrying a prefill chunk of a request that asks for
+   ``prompt_logprobs`` runs the model without its logit gather (``all_token_logits.py``);
+5. the sampler applies the penalties and picks one token per row (rows whose prompt is not
+   fully prefilled yet ignore theirs); the only device-to-host copy of the step is the B new
+   tokens (plus the log-probabilities of the rows that ask for them);
 6. each request takes its token and checks its stop conditions; finished requests release their
    pages and slot and are returned as ``RequestOutput``s.
 
@@ -27,9 +30,11 @@ from typing import Any
 
 import torch
 
-from ..utils.errors import CapacityError
+from ..utils.errors import CapacityError, ConfigError
 from ..utils.logger import logger
+from .all_token_logits import without_logit_gather
 from .kv_block_manager import KVBlockManager
+from .logprobs import logprob_entries, prompt_logprob_entries
 from .request import Request, RequestOutput
 from .sampler import Sampler
 from .sampling import SamplingParams
@@ -90,6 +95,7 @@ class Engine:
         self._ids = itertools.count()
         self._requests: dict[int, Request] = {}
         self._last_progress = time.perf_counter()
+        self._all_token_model: Any | None = None  # made on the first prompt_logprobs request
 
     # ------------------------------------------------------------------ requests
 
@@ -102,13 +108,32 @@ class Engine:
     ) -> Request:
         """Queue a request. Raises ``CapacityError`` (message with both sizes) if it can never
         fit; the engine and the other requests are unaffected."""
+        request = self._new_request(next(self._ids), prompt_token_ids, params, prompt)
+        if request.params.prompt_logprobs is not None:
+            self._ensure_all_token_model()
+        self.scheduler.add(request)  # raises CapacityError before anything is queued
+        self._requests[request.request_id] = request
+        return request
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ``CapacityError`` if this request could never run; changes nothing (so any
+        thread may call it before handing the request to the thread that steps the engine)."""
+        self.scheduler.check_fits(self._new_request(-1, prompt_token_ids, params, None))
+
+    def _new_request(
+        self,
+        request_id: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None,
+        prompt: str | None,
+    ) -> Request:
         params = params or SamplingParams()
         token_ids = [int(t) for t in prompt_token_ids]
         max_new = params.max_tokens
         if max_new is None:
             max_new = self.max_seq_len - len(token_ids)
-        request = Request(
-            next(self._ids),
+        return Request(
+            request_id,
             token_ids,
             params,
             max_new,
@@ -116,9 +141,17 @@ class Engine:
             tokenizer=self.tokenizer,
             shared_rng=self._rng,
         )
-        self.scheduler.add(request)  # raises CapacityError before anything is queued
-        self._requests[request.request_id] = request
-        return request
+
+    def _ensure_all_token_model(self) -> Any:
+        if self._all_token_model is None:
+            self._all_token_model = without_logit_gather(self.model)
+            if self._all_token_model is None:
+                raise ConfigError(
+                    "prompt_logprobs needs the optimized GraphModule, but the model "
+                    f"({type(self.model).__name__}) does not expose one. Request it without "
+                    "prompt_logprobs, or build with compile_backend torch-simple."
+                )
+        return self._all_token_model
 
     def make_rejected(
         self,
@@ -143,8 +176,31 @@ class Engine:
         request.abort()
         return request.to_output(self.tokenizer)
 
+    def fail_request(self, request_id: int, message: str) -> RequestOutput | None:
+        """End a request with finish_reason "error" (e.g. its step raised) and free its pages."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        self.scheduler.finish(request)
+        request.fail(message)
+        return request.to_output(self.tokenizer)
+
+    def running_request_ids(self) -> list[int]:
+        return [request.request_id for request in self.scheduler.running]
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Fraction of the usable KV-cache pages reserved by admitted requests."""
+        manager = self.block_manager
+        return 1.0 - manager.num_unreserved_pages / max(manager.num_usable_pages, 1)
+
+    @property
+    def slot_usage(self) -> float:
+        """Fraction of the ``max_batch_size`` sequence slots in use."""
+        return len(self.scheduler.running) / max(self.scheduler.max_batch_size, 1)
 
     @property
     def num_running(self) -> int:
@@ -166,11 +222,18 @@ class Engine:
                 raise CapacityError("No waiting request can be admitted into an empty engine.")
             return []
         rows = self._prepare(batch)
+        all_token_logits = any(
+            r.prompt_logprobs is not None and r.num_computed < r.prompt_len
+            for r, _ in batch.entries
+        )
         forward_start = time.perf_counter()
-        logits = self.model(**self.cm.named_args)
+        logits = self._forward(all_token_logits)
         last_logits = self.cm.info.gather_last_logits(logits)
         last_logits = last_logits.reshape(len(rows), -1)
+        if all_token_logits:
+            self._record_prompt_logprobs(batch, logits)
         tokens = self.sampler.sample(last_logits, rows)  # syncs: tokens come to the host
+        self._record_logprobs(last_logits, rows, tokens)
         forward_end = time.perf_counter()
         finished = self._update(batch, rows, tokens)
         end = time.perf_counter()
@@ -179,6 +242,42 @@ class Engine:
         self.stats.steps += 1
         self._maybe_log_progress(end)
         return finished
+
+    def _forward(self, all_token_logits: bool = False) -> torch.Tensor:
+        """Run the model on the packed batch: the only place the engine calls it."""
+        model = self._ensure_all_token_model() if all_token_logits else self.model
+        return model(**self.cm.named_args)
+
+    def _record_prompt_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
+        token_logits = logits.reshape(-1, logits.shape[-1])  # one row per new token, batch order
+        offset = 0
+        for request, num_new in batch.entries:
+            start = request.num_computed  # not yet advanced: _update runs after this
+            if request.prompt_logprobs is not None and start < request.prompt_len:
+                request.prompt_logprobs.extend(
+                    prompt_logprob_entries(
+                        token_logits[offset : offset + num_new],
+                        request.token_ids[: request.prompt_len],
+                        start,
+                        request.params.prompt_logprobs or 0,
+                    )
+                )
+            offset += num_new
+
+    def _record_logprobs(
+        self, last_logits: torch.Tensor, rows: list[Request | None], tokens: list[int]
+    ) -> None:
+        wanted = [i for i, r in enumerate(rows) if r is not None and r.logprobs is not None]
+        if not wanted:
+            return
+        index = torch.tensor(wanted, device=last_logits.device)
+        entries = logprob_entries(
+            last_logits.index_select(0, index),
+            [tokens[i] for i in wanted],
+            [rows[i].params.logprobs or 0 for i in wanted],  # type: ignore[union-attr]
+        )
+        for i, entry in zip(wanted, entries):
+            rows[i].logprobs.append(entry)  # type: ignore[union-attr]
 
     def _prepare(self, batch: ScheduledBatch) -> list[Request | None]:
         input_ids: list[list[int]] = []

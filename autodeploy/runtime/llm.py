@@ -33,15 +33,17 @@ sizes, and a warning is logged.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..config.model_registry import apply_registry_environment
 from ..config.settings import LlmArgs
-from ..utils.errors import CapacityError, ConfigError
+from ..utils.errors import ConfigError
 from ..utils.logger import logger
 from .builder import BuildResult, build_from_args, check_supported
+from .driver import EngineDriver
 from .engine import Engine
 from .request import RequestOutput
 from .sampling import SamplingParams
@@ -66,6 +68,8 @@ class LLM:
 
     def _init(self, args: LlmArgs) -> None:
         self._engine: Engine | None = None
+        self._driver: EngineDriver | None = None
+        self._driver_lock = threading.Lock()
         check_supported(args)
         self.args = args
         # Registry device settings (env variables not set yet) must be in place before the build.
@@ -112,6 +116,17 @@ class LLM:
         return self._engine
 
     @property
+    def driver(self) -> EngineDriver:
+        """The thread that owns the engine (started on first use); every request goes through
+        it, so ``generate`` may be called from several threads at once."""
+        with self._driver_lock:
+            if self._driver is None:
+                self._driver = EngineDriver(
+                    self.engine, max_waiting_requests=self.args.max_waiting_requests
+                )
+            return self._driver
+
+    @property
     def build_time_s(self) -> float:
         return self._built().build_time_s
 
@@ -143,6 +158,16 @@ class LLM:
 
         ``template_kwargs`` go to ``tokenizer.apply_chat_template`` (e.g. ``tools=...``).
         """
+        encoded = self.encode_chat(messages, **template_kwargs)
+        params = self._params_for(encoded, sampling_params)
+        return self._run(encoded, params)
+
+    def encode_chat(
+        self,
+        messages: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]],
+        **template_kwargs: Any,
+    ) -> list[tuple[str | None, list[int]]]:
+        """(prompt text, token ids) of one conversation or each of a list of them."""
         tokenizer = self.tokenizer
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
@@ -168,45 +193,23 @@ class LLM:
                     **template_kwargs,
                 )
             )
-        params = self._params_for(texts, sampling_params)
-        encoded = [
+        encoded: list[tuple[str | None, list[int]]] = [
             (text, tokenizer.encode(text, add_special_tokens=False)) for text in texts
         ]  # the template already holds the special tokens it wants
         for index, (_, ids) in enumerate(encoded):
             self._check_token_ids(ids, index)
-        return self._run(encoded, params)
+        return encoded
 
     def _run(
         self, encoded: list[tuple[str | None, list[int]]], params: list[SamplingParams]
     ) -> list[RequestOutput]:
         engine = self.engine
-        results: list[RequestOutput | None] = [None] * len(encoded)
-        pending: dict[int, int] = {}  # request id -> index in the batch
         start = time.perf_counter()
         generated_before = engine.stats.generated_tokens
-        try:
-            for index, ((text, ids), sp) in enumerate(zip(encoded, params)):
-                try:
-                    request = engine.add_request(ids, sp, prompt=text)
-                except CapacityError as exc:
-                    logger.warning("prompt %d rejected: %s", index, exc)
-                    results[index] = engine.make_rejected(ids, sp, exc, prompt=text)
-                    continue
-                pending[request.request_id] = index
-            if pending:
-                logger.info(
-                    "generating: %d prompts (%d tokens)",
-                    len(pending),
-                    sum(len(encoded[i][1]) for i in pending.values()),
-                )
-            while pending:
-                for output in engine.step():
-                    index = pending.pop(output.request_id, None)
-                    if index is not None:
-                        results[index] = output
-        finally:
-            for request_id in list(pending):  # interrupted: leave the engine clean
-                engine.abort_request(request_id)
+        logger.info(
+            "generating: %d prompts (%d tokens)", len(encoded), sum(len(ids) for _, ids in encoded)
+        )
+        results = self.driver.generate(encoded, params)
         elapsed = time.perf_counter() - start
         generated = engine.stats.generated_tokens - generated_before
         if generated:
@@ -217,7 +220,7 @@ class LLM:
                 generated / elapsed if elapsed else 0.0,
                 engine.stats.steps,
             )
-        return [r for r in results if r is not None]
+        return results
 
     def _params_for(
         self, batch: list[Any], sampling_params: SamplingParams | Sequence[SamplingParams] | None
@@ -270,6 +273,9 @@ class LLM:
 
     def shutdown(self) -> None:
         """Abort what is running and release the model and its caches (idempotent)."""
+        if self._driver is not None:
+            self._driver.shutdown()
+            self._driver = None
         if self._engine is not None:
             self._engine.shutdown()
         self._engine = None

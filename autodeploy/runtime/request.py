@@ -43,6 +43,8 @@ class CompletionOutput:
     finish_reason: str | None
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     error: str | None = None
+    # With SamplingParams.logprobs: one {token id: logprob} per generated token.
+    logprobs: list[dict[int, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    # With SamplingParams.prompt_logprobs: None for the first prompt token, then one
+    # {token id: logprob} per prompt token.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     @property
     def error(self) -> str | None:
@@ -108,6 +113,11 @@ class Request:
             else None
         )
         self.stop_text_len: int | None = None  # chars of incremental text before a stop string
+        # Log-probabilities, filled by the engine when the params ask for them.
+        self.logprobs: list[dict[int, float]] | None = None if params.logprobs is None else []
+        self.prompt_logprobs: list[dict[int, float] | None] | None = (
+            None if params.prompt_logprobs is None else [None]
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -197,11 +207,20 @@ class Request:
                     finish_reason=self.finish_reason,
                     stop_reason=self.stop_reason,
                     error=self.error,
+                    logprobs=None if self.logprobs is None else list(self.logprobs),
                 )
             ],
             finished=self.finished,
             metrics=self._metrics(),
+            prompt_logprobs=None if self.prompt_logprobs is None else list(self.prompt_logprobs),
         )
+
+    def visible_token_ids(self) -> list[int]:
+        """The output tokens that make up the text: a final stop/EOS token is not part of it."""
+        token_ids = self.output_token_ids
+        if isinstance(self.stop_reason, int) and token_ids:
+            return token_ids[:-1]
+        return token_ids
 
     def _final_text(self, tokenizer: Any | None, token_ids: list[int]) -> str:
         if tokenizer is None or not token_ids:

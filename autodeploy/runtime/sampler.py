@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .penalties import apply_penalties
 from .request import Request
 
 _NUM_PARAMS = 4  # temperature, top_k, top_p, u
@@ -43,7 +44,9 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, rows: Sequence[Request | None]) -> list[int]:
         """``logits``: [B, vocab]; ``rows[i]``: the request of row i, or None when row i needs
-        no token (its value is then greedy and ignored). Returns B token ids."""
+        no token (its value is then greedy and ignored). Returns B token ids.
+        Repetition / frequency / presence penalties apply first (``penalties.py``)."""
+        logits = apply_penalties(logits, rows)
         sampled = [r for r in rows if r is not None and not r.greedy]
         if not sampled:
             return logits.argmax(dim=-1).tolist()

@@ -12,6 +12,22 @@ Decoding rules, applied in this order to the last logits of a sequence:
 - ``seed``: the request gets its own random generator, so its tokens do not depend on which
   other requests share the batch. Without a seed the engine's shared generator is used.
 
+Penalties change the logits before all of the above (so greedy decoding sees them too):
+
+- ``repetition_penalty`` (> 0, 1 = off; Hugging Face's rule): every token already in the prompt
+  or the output has its logit divided by the penalty when positive, multiplied when negative;
+- ``frequency_penalty`` / ``presence_penalty`` (in [-2, 2], 0 = off; OpenAI's rule): a token
+  generated ``c`` times so far loses ``c * frequency_penalty + (c > 0) * presence_penalty``
+  (output tokens only, not the prompt).
+
+Log-probabilities are those of the model (``log_softmax`` of the raw logits, before penalties
+and temperature):
+
+- ``logprobs=n``: for each generated token, ``{token id: logprob}`` of the sampled token and the
+  ``n`` most likely ones (``0``: the sampled token only);
+- ``prompt_logprobs=n``: the same for every prompt token after the first (the first has
+  ``None``), from the logits of the prefill pass itself.
+
 Stopping, checked after every new token (the first that holds wins):
 
 - ``max_tokens`` new tokens were generated -> ``finish_reason == "length"``;
@@ -30,7 +46,9 @@ from dataclasses import dataclass, field
 
 from ..utils.errors import ConfigError
 
-__all__ = ["SamplingParams"]
+__all__ = ["MAX_LOGPROBS", "SamplingParams"]
+
+MAX_LOGPROBS = 20  # most alternatives per token, as OpenAI's API allows
 
 
 @dataclass
@@ -47,6 +65,11 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.max_tokens = _optional_int("max_tokens", self.max_tokens, minimum=1)
@@ -72,6 +95,18 @@ class SamplingParams:
         if not all(isinstance(s, str) and s for s in stops):
             raise _bad("stop", self.stop, "must be a non-empty string or a list of them")
         self.stop = stops
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = _number(name, getattr(self, name))
+            if not -2.0 <= value <= 2.0:
+                raise _bad(name, value, "must be in [-2, 2] (0 turns it off)")
+            setattr(self, name, value)
+        self.repetition_penalty = _number("repetition_penalty", self.repetition_penalty)
+        if self.repetition_penalty <= 0:
+            raise _bad("repetition_penalty", self.repetition_penalty, "must be > 0 (1 = off)")
+        for name in ("logprobs", "prompt_logprobs"):
+            count = _optional_int(name, getattr(self, name), minimum=0)
+            if count is not None and count > MAX_LOGPROBS:
+                raise _bad(name, count, f"must be at most {MAX_LOGPROBS}")
         for name in ("ignore_eos", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, getattr(self, name), "must be true or false")
@@ -79,6 +114,14 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
 
     @property
     def stop_strings(self) -> list[str]:

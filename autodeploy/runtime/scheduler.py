@@ -66,15 +66,17 @@ class Scheduler:
     def check_fits(self, request: Request) -> None:
         """Raise ``CapacityError`` if ``request`` can never be scheduled (message: both sizes)."""
         total = request.max_total_len
+        # A negative id: checked before it was queued (Engine.check_request); it has no id yet.
+        name = "the request" if request.request_id < 0 else f"request {request.request_id}"
         what = (
-            f"request {request.request_id} needs {total} tokens (prompt {request.prompt_len} + "
+            f"{name} needs {total} tokens (prompt {request.prompt_len} + "
             f"max_tokens {request.max_new_tokens})"
         )
         if request.prompt_len == 0:
-            raise CapacityError(f"request {request.request_id}: the prompt is empty.")
+            raise CapacityError(f"{name}: the prompt is empty.")
         if request.max_new_tokens < 1:
             raise CapacityError(
-                f"request {request.request_id}: the prompt has {request.prompt_len} tokens, which "
+                f"{name}: the prompt has {request.prompt_len} tokens, which "
                 f"leaves no room to generate under max_seq_len={self.max_seq_len}. Shorten the "
                 "prompt or raise max_seq_len."
             )

@@ -30,3 +30,11 @@ class BuildError(AutoDeployError):
 
 class CapacityError(AutoDeployError):
     """A request can never fit into the configured limits or cache."""
+
+
+class QueueFullError(CapacityError):
+    """The waiting queue is full (``max_waiting_requests``); retry later."""
+
+
+class EngineDeadError(AutoDeployError):
+    """The engine hit a fatal error and accepts no more requests; restart the server."""
