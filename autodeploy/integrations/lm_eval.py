@@ -15,7 +15,7 @@ The three request types run on autodeploy's runtime:
 
 - ``loglikelihood`` / ``loglikelihood_rolling``: every (context + continuation) sequence is a
   prompt; the log-probabilities of its tokens come from the engine's paged prefill passes
-  (``prompt_scoring.py``; the build keeps per-token logits). Tokenization, empty contexts and
+  (``SamplingParams.prompt_logprobs``, see ``prompt_scoring.py``). Tokenization, empty contexts and
   rolling windows follow lm-eval's own ``TemplateLM`` and its Hugging Face model, so results
   match ``--model hf`` on the same checkpoint.
 - ``generate_until``: greedy (or sampled, with ``do_sample``/``temperature``) generation of up
@@ -42,7 +42,7 @@ from lm_eval.models.utils import (
 )
 
 from ..utils.errors import ConfigError
-from .prompt_scoring import SCORING_TRANSFORMS, score_prompts
+from .prompt_scoring import score_prompts
 
 MODEL_NAME = "autodeploy"
 DEFAULT_MAX_GEN_TOKS = 256
@@ -63,9 +63,6 @@ def settings_from_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"--model_args {key}: {part!r} is set to a value already.")
         node[leaf] = value
-    transforms = settings.setdefault("transforms", {})
-    for name, config in SCORING_TRANSFORMS.items():
-        transforms[name] = {**transforms.get(name, {}), **config}
     return settings
 
 

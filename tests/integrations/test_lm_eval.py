@@ -106,7 +106,17 @@ def test_model_args_become_settings():
     )
     assert settings["model"] == "m" and settings["kv_cache_config"] == {"max_tokens": 64}
     assert settings["yaml_extra"] == ["a.yaml", "b.yaml"]
-    assert settings["transforms"]["gather_logits_before_lm_head"] == {"enabled": False}
+    assert settings_from_model_args({"transforms.compile_model.backend": "torch-simple"}) == {
+        "transforms": {"compile_model": {"backend": "torch-simple"}}
+    }
+
+
+def test_token_scores_from_prompt_logprobs_entries():
+    from autodeploy.integrations.prompt_scoring import token_scores
+
+    entries = [None, {5: -0.5}, {7: -2.0, 9: -0.1}]  # token 5 is the argmax, token 7 is not
+    scores = token_scores([1, 5, 7], entries)
+    assert [(s.logprob, s.greedy) for s in scores] == [(-0.5, True), (-2.0, False)]
 
 
 def test_per_document_results_match_lm_eval_hf(checkpoint, tmp_path, monkeypatch):
