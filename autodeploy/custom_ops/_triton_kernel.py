@@ -9,9 +9,11 @@ made on first use, whatever the environment was at import. CPU launches still ne
 to opt in with ``TRITON_INTERPRET=1`` (read at launch time): the interpreter is a test tool,
 orders of magnitude slower than the torch reference ops.
 
-Two rules keep a kernel valid in both modes: no nested ``@triton.jit`` helper calls (a
-compiled helper cannot be called from interpreted code) and no ``tl.sum``/``tl.max`` (they are
-``@triton.jit`` functions themselves): reduce with ``tl.reduce(x, axis, SUM_COMBINE)``.
+This is the one way Triton kernels run on CPU in this package (the fusion kernels and the
+paged-attention kernels alike). Two rules keep a kernel valid in both modes: no nested
+``@triton.jit`` helper calls (a compiled helper cannot be called from interpreted code; this
+includes ``tl.zeros`` and ``tl.cdiv``) and no ``tl.sum``/``tl.max`` (``@triton.jit`` functions
+themselves): reduce with ``tl.reduce(x, axis, SUM_COMBINE)`` / ``MAX_COMBINE``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+
+from ..utils.numbers import next_power_of_2  # noqa: F401  (re-exported for the kernels)
 
 # The combine function behind ``tl.sum``: the interpreter recognizes it and sums with NumPy
 # (a combine function of our own would be called once per element). Private in triton, hence
@@ -34,6 +38,10 @@ if SUM_COMBINE is None:  # pragma: no cover - depends on the triton version
         return a + b
 
     SUM_COMBINE = _add
+
+
+# ``tl.max``'s combine function, recognized by the interpreter like SUM_COMBINE.
+MAX_COMBINE = tl.standard._elementwise_max
 
 
 def cpu_interpreter_enabled() -> bool:
@@ -70,9 +78,28 @@ class TritonKernel:
         if self._interpreted is None:
             from triton.runtime.interpreter import InterpretedFunction
 
+            _fix_interpreter_scalar_index()
             self._interpreted = InterpretedFunction(self.fn)
         return self._interpreted[grid]
 
 
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+def _fix_interpreter_scalar_index() -> None:
+    """Let the Triton interpreter use loaded scalars as ``range`` bounds under NumPy >= 2.4.
+
+    The interpreter keeps scalars as 1-element arrays and converts them with ``int(array)``,
+    which NumPy 2.4 rejects for ndim > 0 (triton-lang/triton#9171, fixed upstream after
+    triton 3.6). Only the interpreter is touched, and only its ``__index__`` patch, which is
+    re-applied here with an explicit element read.
+    """
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "_index_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._index_fixed = True
+    interpreter._patch_lang_tensor = patched

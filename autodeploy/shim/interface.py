@@ -15,7 +15,9 @@ its fields; its ``tokens_per_block`` is the page size).
 - ``named_args``: ``{**info.named_args, **caches}``; the model is called as ``gm(**cm.named_args)``.
 - ``to(device)``: move the batch buffers and caches.
 - ``num_pages``: pages in the pool, page 0 (scratch) included; the block manager hands out pages
-  ``1 .. num_pages - 1``. ``num_usable_pages``; ``bytes_per_page`` (all paged caches together).
+  ``1 .. num_pages - 1``. ``num_usable_pages``; ``bytes_per_page`` (every paged handler's
+  ``bytes_per_page`` together: the pool is sized from it); ``bytes_per_slot`` (every per-slot
+  state handler together).
 - ``needs_resize()``; ``resize_from_free_memory(reserve_bytes)``; ``resize_paged_pool(num_pages)``.
 
 Sizing of the paged pool: with ``kv_cache_config.max_tokens`` set, ``ceil(max_tokens /
@@ -38,7 +40,7 @@ import torch
 
 from ..utils.errors import CapacityError, ConfigError
 from ..utils.logger import logger
-from .resources import PagedKVResourceHandler, ResourceHandler
+from .resources import ResourceHandler
 from .sequence_info import SequenceInfo
 
 if TYPE_CHECKING:
@@ -131,11 +133,12 @@ class CachedSequenceInterface:
     @property
     def bytes_per_page(self) -> int:
         """Bytes one page takes over all paged caches together (0 without paged caches)."""
-        return sum(
-            h.bytes_per_page(self.page_size)
-            for h in self._resources.values()
-            if isinstance(h, PagedKVResourceHandler)
-        )
+        return sum(h.bytes_per_page(self.page_size) for h in self.paged_resources.values())
+
+    @property
+    def bytes_per_slot(self) -> int:
+        """Bytes one state slot takes over all per-slot caches together."""
+        return sum(h.bytes_per_slot() for h in self._resources.values())
 
     @property
     def num_pages(self) -> int | None:

@@ -1,17 +1,24 @@
 """Resource handlers: descriptions of the caches a cached op needs, allocated by the interface.
 
-A handler says *what* to allocate (shape per page or per state slot, dtype); the
-``CachedSequenceInterface`` decides *how many* (pages of the pool, state slots) and where.
+A handler says *what* to allocate (shape per page or per state slot, dtype) and declares its
+bytes per page (``bytes_per_page(page_size)``) or per slot (``bytes_per_slot()``); the
+``CachedSequenceInterface`` decides *how many* (pages of the pool, state slots) and where, and
+sizes the paged pool from the bytes per page of every paged handler together.
 
+- ``PagedResourceHandler``: anything that lives in the paged pool, ``[num_pages,
+  *page_shape(page_size)]``; a page id from ``cache_loc`` indexes dim 0.
 - ``PagedKVResourceHandler``: one layer's paged KV cache, laid out per the contract as
   ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` ("HND"; index 0 = K, 1 = V), or
   ``[num_pages, page_size, 2, num_kv_heads, head_dim]`` ("NHD") for backends that declare it.
-- ``StateResourceHandler``: a per-sequence state (Mamba SSM / conv state),
-  ``[num_state_slots, *state_shape]`` (one spare slot for CUDA-graph padding rows).
+- ``StateResourceHandler``: a per-sequence state (Mamba SSM / conv state, a running sum),
+  ``[num_state_slots, *state_shape]``, addressed by the ``slot_idx`` metadata (one spare slot,
+  ``SequenceInfo.spare_slot``, for CUDA-graph padding rows). A cached op that uses one must
+  read ``slot_idx`` (the insertion routine checks the family's convention passes it).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -60,20 +67,49 @@ class ResourceHandler(ABC):
         return torch.empty(self.shape(info), dtype=self.dtype, device="meta")
 
     def nbytes(self, info: SequenceInfo) -> int:
-        numel = 1
-        for dim in self.shape(info):
-            numel *= dim
-        return numel * self.dtype.itemsize
+        return math.prod(self.shape(info)) * self.dtype.itemsize
+
+    def bytes_per_page(self, page_size: int) -> int:
+        """Bytes one page of the pool costs this cache (0: not paged)."""
+        return 0
+
+    def bytes_per_slot(self) -> int:
+        """Bytes one state slot costs this cache (0: not per slot)."""
+        return 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
 
-class PagedKVResourceHandler(ResourceHandler):
-    """One attention layer's K and V pages (see the module docstring for the layouts)."""
+class PagedResourceHandler(ResourceHandler):
+    """A cache in the paged pool: ``[num_pages, *page_shape(page_size)]``."""
 
     is_paged = True
+
+    @abstractmethod
+    def page_shape(self, page_size: int) -> tuple[int, ...]:
+        """The shape of one page of this cache."""
+
+    def bytes_per_page(self, page_size: int) -> int:
+        return math.prod(self.page_shape(page_size)) * self.dtype.itemsize
+
+    def example(self, info: SequenceInfo) -> torch.Tensor:
+        """Meta tensor for graph metadata; the page count is a stand-in until the pool is sized."""
+        num_pages = info.num_pages if info.num_pages is not None else 2
+        return torch.empty(
+            (num_pages, *self.page_shape(info.page_size)), dtype=self.dtype, device="meta"
+        )
+
+    def shape(self, info: SequenceInfo) -> tuple[int, ...]:
+        if info.num_pages is None:
+            raise RuntimeError("The paged pool has no size yet (SequenceInfo.num_pages is None).")
+        return (info.num_pages, *self.page_shape(info.page_size))
+
+
+class PagedKVResourceHandler(PagedResourceHandler):
+    """One attention layer's K and V pages (see the module docstring for the layouts)."""
+
     LAYOUTS = ("HND", "NHD")
 
     def __init__(
@@ -94,21 +130,6 @@ class PagedKVResourceHandler(ResourceHandler):
             return (2, self.num_kv_heads, page_size, self.head_dim)
         return (page_size, 2, self.num_kv_heads, self.head_dim)
 
-    def bytes_per_page(self, page_size: int) -> int:
-        return 2 * self.num_kv_heads * page_size * self.head_dim * self.dtype.itemsize
-
-    def example(self, info: SequenceInfo) -> torch.Tensor:
-        """Meta tensor for graph metadata; the page count is a stand-in until the pool is sized."""
-        num_pages = info.num_pages if info.num_pages is not None else 2
-        return torch.empty(
-            (num_pages, *self.page_shape(info.page_size)), dtype=self.dtype, device="meta"
-        )
-
-    def shape(self, info: SequenceInfo) -> tuple[int, ...]:
-        if info.num_pages is None:
-            raise RuntimeError("The paged pool has no size yet (SequenceInfo.num_pages is None).")
-        return (info.num_pages, *self.page_shape(info.page_size))
-
 
 class StateResourceHandler(ResourceHandler):
     """A fixed-size state per sequence slot: ``[num_state_slots, *state_shape]``."""
@@ -119,3 +140,6 @@ class StateResourceHandler(ResourceHandler):
 
     def shape(self, info: SequenceInfo) -> tuple[int, ...]:
         return (info.num_state_slots, *self.state_shape)
+
+    def bytes_per_slot(self) -> int:
+        return math.prod(self.state_shape) * self.dtype.itemsize

@@ -1,9 +1,10 @@
 """SequenceInfo: the packed ("flattened") batch one model step runs on.
 
-The layout is fixed by ``.notes/CACHED_ATTENTION_CONTRACT.md``; in short, a step has B sequences,
-prefill sequences first, and sequence ``i`` brings ``seq_len[i]`` new tokens at positions
-``input_pos[i] .. input_pos[i] + seq_len[i] - 1``. "Decode" = 1 new token and ``input_pos > 0``;
-everything else (chunked-prefill continuations included) is prefill.
+The layout is fixed by ``.notes/CACHED_ATTENTION_CONTRACT.md``; the buffer and its regions
+live in ``batch_buffer.py`` and ``regions.py``, the batch rules in ``batch_rules.py``. In short,
+a step has B sequences, prefill sequences first, and sequence ``i`` brings ``seq_len[i]`` new
+tokens at positions ``input_pos[i] .. input_pos[i] + seq_len[i] - 1``. "Decode" = 1 new token
+and ``input_pos > 0``; everything else (chunked-prefill continuations included) is prefill.
 
 Public API (stable; the runtime codes against it)
 -------------------------------------------------
@@ -35,9 +36,13 @@ Filling a step:
 Reading a step:
   ``named_args``: dict of the model inputs: ``input_ids`` and ``position_ids`` ([1, total_tokens]
       when the batch has prefill, [B, 1] when decode-only, int64) and every activated metadata
-      arg (shapes per the contract; see ``ARG_NAMES``). ``<name>_host`` args are CPU mirrors.
+      arg (one per region, ``regions.py``; built-in names in ``ARG_NAMES``). ``<name>_host``
+      args are CPU mirrors.
   ``activate_arg(name) -> bool``: make ``name`` part of ``named_args`` (True if it was new);
       ``active_args``; ``get_arg(name)``: the current tensor of any arg, active or not.
+  ``add_region(Region(...))``: a new named metadata region (an op family's or a plugin's),
+      filled each step by its ``fill`` function inside the same host buffer and copy;
+      ``regions``: every region by name.
   ``num_sequences`` (real sequences), ``num_tokens`` (real tokens), ``num_prefill``,
       ``num_prefill_tokens``, ``num_decode``, ``is_decode_only``, ``batch_size`` (rows the model
       sees, padding included), ``seq_lens`` / ``input_positions`` (host lists of the real rows).
@@ -69,41 +74,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from itertools import accumulate, chain
 
 import numpy as np
 import torch
 
 from ..utils.errors import ConfigError
 from ..utils.suggest import did_you_mean
-from .batch_rules import count_prefill_if_valid, raise_first_violation
+from .batch_buffer import BatchBuffer
+from .regions import ARG_NAMES, MODEL_INPUTS, Region, capacity_for, ordered_regions
+from .step_writer import StepWriter
+
+__all__ = ["ARG_NAMES", "MODEL_INPUTS", "Region", "SequenceInfo"]
 
 HostPrepareHook = Callable[["SequenceInfo"], None]
 
-# Metadata args a transform may activate (plus "<name>_host" for each). Model inputs
-# (input_ids, position_ids) are always active.
-ARG_NAMES: tuple[str, ...] = (
-    "batch_info",  # int32 [3]: num_prefill_seqs, num_prefill_tokens, num_decode_seqs
-    "cu_seqlen",  # int32 [B+1]
-    "seq_len",  # int32 [B]
-    "input_pos",  # int32 [B]
-    "seq_len_with_cache",  # int32 [B] = input_pos + seq_len
-    "cache_loc",  # int32 [total pages]
-    "cu_num_pages",  # int32 [B+1]
-    "last_page_len",  # int32 [B]
-    "slot_idx",  # int64 [B]
-)
-MODEL_INPUTS: tuple[str, ...] = ("input_ids", "position_ids")
-AVAILABLE_ARGS: tuple[str, ...] = (
-    MODEL_INPUTS + ARG_NAMES + tuple(f"{n}_host" for n in ARG_NAMES + MODEL_INPUTS)
-)
-_AVAILABLE = frozenset(AVAILABLE_ARGS)
-_PAGE_SIZED_ARGS = ("cache_loc", "cache_loc_host")  # the args whose length is the page count
-_ALIGN = 64  # bytes; every region starts on a cache-line boundary
 _VIEW_CACHE_SIZE = 1024  # cached views (and named_args dicts); a full cache is emptied
 
 
-class SequenceInfo:
+class SequenceInfo(StepWriter):
     """The packed batch of one step; see the module docstring for the API."""
 
     SCRATCH_PAGE = 0
@@ -134,65 +122,58 @@ class SequenceInfo:
         self.spare_slot = self.max_batch_size
         self.num_pages: int | None = None
 
-        # Row capacity >= 2 so example/export batches fit even with max_batch_size = 1.
-        self._row_capacity = max(self.max_batch_size, 2)
-        self._token_capacity = max(self.max_num_tokens, 2 * 4)
+        self._capacity = capacity_for(
+            self.max_batch_size, self.max_num_tokens, self.max_seq_len, self.page_size
+        )
+        self._row_capacity, self._token_capacity = self._capacity.rows, self._capacity.tokens
         self._arange = np.arange(max(self._token_capacity, self._row_capacity + 1))
+        self._added: list[Region] = []
         self._active: list[str] = []
         self._hooks: list[HostPrepareHook] = []
         self._padded_sizes: list[int] = []
         self._device = torch.device(device)
-        self._copy_done: torch.cuda.Event | None = None
         self._allocate()
         self.set_example_sequence()
 
-    # ------------------------------------------------------------------ buffers
-
-    def _regions(self) -> list[tuple[str, torch.dtype, int]]:
-        rows, tokens = self._row_capacity, self._token_capacity
-        # Order matters: the copy covers the buffer up to the end of the used input_ids, so the
-        # small metadata comes first and the token arrays last.
-        return [
-            ("batch_info", torch.int32, 3),
-            ("seq_len", torch.int32, rows),
-            ("input_pos", torch.int32, rows),
-            ("seq_len_with_cache", torch.int32, rows),
-            ("last_page_len", torch.int32, rows),
-            ("cu_seqlen", torch.int32, rows + 1),
-            ("cu_num_pages", torch.int32, rows + 1),
-            ("slot_idx", torch.int64, rows),
-            ("last_token_idx", torch.int64, rows),  # internal: gather_last_logits
-            ("cache_loc", torch.int32, rows * self.max_pages_per_seq),
-            ("position_ids", torch.int64, tokens),
-            ("input_ids", torch.int64, tokens),
-        ]
+    # ------------------------------------------------------------------ buffers and regions
 
     def _allocate(self) -> None:
-        offsets: dict[str, tuple[int, torch.dtype, int]] = {}
-        nbytes = 0
-        for name, dtype, numel in self._regions():
-            offsets[name] = (nbytes, dtype, numel)
-            size = numel * dtype.itemsize
-            nbytes += (size + _ALIGN - 1) // _ALIGN * _ALIGN
-        self._offsets = offsets
-        pin = self._device.type == "cuda"
-        self._host_buf = torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pin)
-        if self._device.type == "cpu":
-            self._device_buf = self._host_buf  # nothing to copy
-        else:
-            self._device_buf = torch.zeros(nbytes, dtype=torch.uint8, device=self._device)
-        self._host = self._views(self._host_buf)
-        self._dev = self._views(self._device_buf)
-        # The step is written through numpy views of the host regions (no torch op per field).
-        self._host_np = {name: view.numpy() for name, view in self._host.items()}
+        self._buffer = BatchBuffer(ordered_regions(self._added), self._capacity, self._device)
+        self._regions = self._buffer.regions
+        self._host, self._dev, self._host_np = (
+            self._buffer.host,
+            self._buffer.dev,
+            self._buffer.host_np,
+        )
+        self._page_sized = tuple(
+            name + suffix
+            for name, region in self._regions.items()
+            if region.per == "page"
+            for suffix in ("", "_host")
+        )
+        self._fills = [r for r in self._added if r.fill is not None]
         self._decode_constants = False  # see _write_decode_constants
         self._forget_views()
 
-    def _views(self, buf: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = {}
-        for name, (offset, dtype, numel) in self._offsets.items():
-            views[name] = buf[offset : offset + numel * dtype.itemsize].view(dtype)
-        return views
+    def add_region(self, region: Region) -> None:
+        """Add a metadata region (an op family's or a plugin's; see ``regions.py``). The buffers
+        are laid out again and the current batch becomes the example batch. Adding the same
+        region twice is a no-op; another region under a taken name is an error."""
+        known = self._regions.get(region.name)
+        if known is not None:
+            if known == region:
+                return
+            raise ConfigError(
+                f"SequenceInfo already has a region {region.name!r} ({known}); pick another name."
+            )
+        self._added.append(region)
+        self._allocate()
+        self.set_example_sequence()
+
+    @property
+    def regions(self) -> dict[str, Region]:
+        """Every region by name (built-in and added), in buffer order."""
+        return dict(self._regions)
 
     def _forget_views(self) -> None:
         """Drop the cached slices (after the buffers or the active args changed)."""
@@ -210,11 +191,10 @@ class SequenceInfo:
         device = torch.device(device)
         if device == self._device:
             return self
-        host = self._host_buf.clone()
+        host = self._buffer.host_buf.clone()
         self._device = device
-        self._copy_done = None
         self._allocate()
-        self._host_buf.copy_(host)
+        self._buffer.host_buf.copy_(host)
         self._copy_to_device()
         self._build_named_args()
         return self
@@ -252,16 +232,15 @@ class SequenceInfo:
 
     # ------------------------------------------------------------------ args
 
-    @staticmethod
-    def available_args() -> tuple[str, ...]:
-        """Every name ``activate_arg``/``get_arg`` accepts."""
-        return AVAILABLE_ARGS
-
     def _check_name(self, name: str) -> None:
-        if name not in _AVAILABLE:
+        base = name.removesuffix("_host")
+        region = self._regions.get(base)
+        if region is None or region.internal:
+            known = [n for n, r in self._regions.items() if not r.internal]
+            known += [f"{n}_host" for n in known]
             raise ConfigError(
-                f"SequenceInfo has no argument {name!r}.{did_you_mean(name, AVAILABLE_ARGS)}"
-                f" Known: {', '.join(AVAILABLE_ARGS)}."
+                f"SequenceInfo has no argument {name!r}.{did_you_mean(name, known)} Known: "
+                f"{', '.join(known)}. An op family adds its own with add_region(Region(...))."
             )
 
     def activate_arg(self, name: str) -> bool:
@@ -288,19 +267,16 @@ class SequenceInfo:
 
     def _arg_view(self, name: str) -> torch.Tensor:
         host = name.endswith("_host")
-        base = name[: -len("_host")] if host else name
-        if base == "batch_info":
-            return self._host["batch_info"]  # host only: kernels branch on it in Python
-        if base == "cache_loc":
-            return self._slice(name, self._pages_used)
+        base = name.removesuffix("_host")
+        region = self._regions[base]
+        if region.per == "page":
+            return self._slice(name, region.length(0, 0, self._pages_used))
         views = self._host if host else self._dev
         rows, tokens = self._rows, self._tokens_padded
         if base in MODEL_INPUTS:
             flat = views[base][:tokens]
             return flat.view(rows, 1) if self._decode_only else flat.view(1, tokens)
-        if base in ("cu_seqlen", "cu_num_pages"):
-            return views[base][: rows + 1]
-        return views[base][:rows]
+        return views[base][: region.length(rows, tokens, self._pages_used)]
 
     def _slice(self, name: str, length: int) -> torch.Tensor:
         """``name``'s first ``length`` elements (cached; the cache is bounded).
@@ -313,7 +289,8 @@ class SequenceInfo:
             if len(self._slices) >= _VIEW_CACHE_SIZE:
                 self._slices.clear()
             if name == "host_buf" or name == "device_buf":
-                base = self._host_buf if name == "host_buf" else self._device_buf
+                buffer = self._buffer
+                base = buffer.host_buf if name == "host_buf" else buffer.device_buf
             elif name.endswith("_host"):
                 base = self._host[name[: -len("_host")]]
             else:
@@ -336,9 +313,9 @@ class SequenceInfo:
                 self._named_cache.clear()
             args = {name: self._arg_view(name) for name in self.active_args}
             self._named_cache[key] = args
-        for name in _PAGE_SIZED_ARGS:
+        for name in self._page_sized:
             if name in args:  # length = this step's page count; never handed out (copied)
-                args[name] = self._slice(name, self._pages_used)
+                args[name] = self._arg_view(name)
         self._named_args = args
 
     # ------------------------------------------------------------------ batch queries
@@ -404,171 +381,3 @@ class SequenceInfo:
         if index.device != flat.device:
             index = index.to(flat.device)
         return flat.index_select(0, index)
-
-    # ------------------------------------------------------------------ filling a step
-
-    def nest_sequences(
-        self,
-        input_ids: Sequence[Sequence[int]],
-        input_pos: Sequence[int],
-        cache_loc: Sequence[Sequence[int]],
-        slot_idx: Sequence[int] | None = None,
-    ) -> None:
-        """Lay out one step (see the module docstring); validates before writing anything."""
-        seq_lens = list(map(len, input_ids))
-        pos = list(map(int, input_pos))
-        page_counts = list(map(len, cache_loc))
-        slots = list(range(len(seq_lens))) if slot_idx is None else list(map(int, slot_idx))
-        # Converted before anything is written (a bad value raises here, not half-way).
-        ids = np.array(list(chain.from_iterable(input_ids)), dtype=np.int64)
-        pages = np.array(list(chain.from_iterable(cache_loc)), dtype=np.int64)
-        num_prefill = count_prefill_if_valid(self, seq_lens, pos, page_counts, pages, slots)
-        if num_prefill is None:  # a rule is broken: the sequence-by-sequence check names it
-            raise_first_violation(
-                self,
-                [list(map(int, seq)) for seq in input_ids],
-                pos,
-                [list(map(int, seq_pages)) for seq_pages in cache_loc],
-                slots,
-            )
-            raise AssertionError("batch_rules: the two checks disagree")  # a bug, not bad input
-        num_real = len(seq_lens)
-        num_padding = self._padding_for(num_real) if num_prefill == 0 else 0
-        if num_padding:  # one token (id 0) at position 0 of the scratch page, the spare slot
-            seq_lens += [1] * num_padding
-            pos += [0] * num_padding
-            page_counts += [1] * num_padding
-            slots += [self.spare_slot] * num_padding
-            ids = np.concatenate((ids, np.zeros(num_padding, dtype=np.int64)))
-            scratch = np.full(num_padding, self.SCRATCH_PAGE, dtype=np.int64)
-            pages = np.concatenate((pages, scratch))
-        self._write(seq_lens, pos, page_counts, pages, ids, slots, num_real, num_prefill)
-
-    def set_example_sequence(self, batch_size: int = 2, seq_len: int = 4) -> None:
-        """A prefill batch of ``batch_size`` dummy sequences that write only the scratch page."""
-        batch_size = min(batch_size, self._row_capacity)
-        seq_len = max(1, min(seq_len, self.max_seq_len, self._token_capacity // batch_size))
-        self._nest_on_scratch([seq_len] * batch_size)
-
-    def set_max_num_tokens_sample(self) -> None:
-        """A prefill batch of max_num_tokens tokens on the scratch page (memory measurement)."""
-        lengths, left = [], self.max_num_tokens
-        while left > 0 and len(lengths) < self.max_batch_size:
-            lengths.append(min(left, self.max_seq_len))
-            left -= lengths[-1]
-        self._nest_on_scratch(lengths)
-
-    def set_generate_only_batch(self, batch_size: int) -> None:
-        """A decode-only batch of ``batch_size`` padding rows (CUDA-graph capture)."""
-        if not 1 <= batch_size <= min(self.max_batch_size, self.max_num_tokens):
-            raise ConfigError(
-                f"set_generate_only_batch: batch_size must be in 1..{self.max_batch_size}, "
-                f"got {batch_size}."
-            )
-        ones, zeros = [1] * batch_size, [0] * batch_size
-        self._write(
-            ones, zeros, ones, [self.SCRATCH_PAGE] * batch_size, zeros,
-            [self.spare_slot] * batch_size, num_real=0, num_prefill=0,
-        )  # fmt: skip
-
-    def example_inputs(self, batch_size: int = 2, seq_len: int = 4) -> dict[str, torch.Tensor]:
-        """``input_ids``/``position_ids`` as [b, s] host tensors for ``torch.export``."""
-        input_ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
-        position_ids = torch.arange(seq_len, dtype=torch.long).repeat(batch_size, 1)
-        return {"input_ids": input_ids, "position_ids": position_ids}
-
-    def _nest_on_scratch(self, lengths: list[int]) -> None:
-        page_counts = [math.ceil(n / self.page_size) for n in lengths]
-        self._write(
-            list(lengths), [0] * len(lengths), page_counts, [self.SCRATCH_PAGE] * sum(page_counts),
-            [0] * sum(lengths), list(range(len(lengths))), num_real=len(lengths),
-            num_prefill=len(lengths),
-        )  # fmt: skip
-
-    def _padding_for(self, num_rows: int) -> int:
-        """Padding rows for a decode-only batch of ``num_rows`` rows (0: none)."""
-        for size in self._padded_sizes:
-            if size >= num_rows:
-                return size - num_rows
-        return 0
-
-    def _write(
-        self,
-        seq_lens: list[int],
-        pos: list[int],
-        page_counts: list[int],
-        pages: np.ndarray | list[int],
-        ids: np.ndarray | list[int],
-        slots: list[int],
-        num_real: int,
-        num_prefill: int,
-    ) -> None:
-        """Fill the host buffer with a checked batch (padding rows included), copy, run hooks."""
-        if self._copy_done is not None:  # the previous copy must have read the host buffer
-            self._copy_done.synchronize()
-        rows, tokens, num_pages = len(seq_lens), len(ids), len(pages)
-        num_prefill_tokens = sum(seq_lens[:num_prefill])
-        decode_only = num_prefill == 0
-        a = self._host_np
-
-        start = a["input_pos"][:rows]
-        start[:] = pos
-        if decode_only:  # one token per row: positions = input_pos
-            if not self._decode_constants:
-                self._write_decode_constants()
-            a["position_ids"][:rows] = start
-        else:
-            self._decode_constants = False
-            lens = a["seq_len"][:rows]
-            lens[:] = seq_lens
-            cu_seqlen = a["cu_seqlen"][: rows + 1]
-            cu_seqlen[:] = list(accumulate(seq_lens, initial=0))
-            np.subtract(cu_seqlen[1 : num_real + 1], 1, out=a["last_token_idx"][:num_real])
-            # token t of row i sits at position input_pos[i] + (t - cu_seqlen[i])
-            positions = a["position_ids"][:tokens]
-            positions[:] = self._arange[:tokens]
-            positions += np.repeat(start - cu_seqlen[:rows], lens)
-        ends = a["seq_len_with_cache"][:rows]
-        np.add(start, a["seq_len"][:rows], out=ends)
-        last_page_len = a["last_page_len"][:rows]  # (end - 1) % page_size + 1
-        np.subtract(ends, 1, out=last_page_len)
-        np.remainder(last_page_len, self.page_size, out=last_page_len)
-        np.add(last_page_len, 1, out=last_page_len)
-        a["cu_num_pages"][: rows + 1] = list(accumulate(page_counts, initial=0))
-        a["slot_idx"][:rows] = slots
-        a["cache_loc"][:num_pages] = pages
-        a["input_ids"][:tokens] = ids
-        a["batch_info"][:] = (num_prefill, num_prefill_tokens, rows - num_prefill)
-
-        self._rows, self._num_real = rows, num_real
-        self._tokens_padded, self._tokens_real = tokens, tokens - (rows - num_real)
-        self._pages_used = num_pages
-        self._num_prefill = num_prefill
-        self._num_prefill_tokens = num_prefill_tokens
-        self._decode_only = decode_only
-        self._seq_lens, self._input_pos = seq_lens, pos
-        self._copy_to_device()
-        self._build_named_args()
-        for hook in self._hooks:
-            hook(self)
-
-    def _write_decode_constants(self) -> None:
-        """What every decode-only batch has, for all rows: 1 new token per row, so token offsets
-        and last-token indices are the row index. Kept until a batch with prefill overwrites
-        them (``_decode_constants``), so decode steps do not rewrite them."""
-        a, rows = self._host_np, self._row_capacity
-        a["seq_len"][:] = 1
-        a["cu_seqlen"][:] = self._arange[: rows + 1]
-        a["last_token_idx"][:] = self._arange[:rows]
-        self._decode_constants = True
-
-    def _copy_to_device(self) -> None:
-        if self._device_buf is self._host_buf:
-            return
-        offset, dtype, _ = self._offsets["input_ids"]
-        end = offset + self._tokens_padded * dtype.itemsize
-        self._slice("device_buf", end).copy_(self._slice("host_buf", end), non_blocking=True)
-        if self._device.type == "cuda":
-            if self._copy_done is None:
-                self._copy_done = torch.cuda.Event()
-            self._copy_done.record()

@@ -10,7 +10,7 @@
 Options: ``--preset`` (comma list of ``autodeploy/models/presets/*.yaml``; default
 ``llama3.2-1b,llama3.1-8b`` on CUDA, ``tiny`` on CPU), ``--systems`` (``hf-eager``,
 ``hf-static-compile``, ``ours`` or ``ours:<attn>+<compile>``; default on CUDA ``hf-eager,
-hf-static-compile,ours:triton+torch-cudagraph``, on CPU ``hf-eager,ours:torch+torch-simple``;
+hf-static-compile,ours:triton+torch-cudagraph``, on CPU ``hf-eager,ours`` (sdpa+torch-direct);
 FlashInfer only when named, its kernels are compiled on first use), ``--isl``/``--osl``
 (128/128), ``--batch-sizes`` (1,16), ``--repeats`` (best of, >= 3 by default), ``--dtype``
 (bfloat16), ``--device``, ``--out FILE`` (JSON list of records, rewritten after every record),

@@ -16,7 +16,7 @@ from .bench_systems import parse_systems
 PROG = "python -m autodeploy.tools.bench"
 DEFAULTS = {
     "cuda": ("llama3.2-1b,llama3.1-8b", "hf-eager,hf-static-compile,ours:triton+torch-cudagraph"),
-    "cpu": ("tiny", "hf-eager,ours:torch+torch-simple"),
+    "cpu": ("tiny", "hf-eager,ours"),
 }
 
 

@@ -30,7 +30,7 @@ from .bench_presets import build_hf_model
 HF_SYSTEMS = ("hf-eager", "hf-static-compile")
 OURS = "ours"
 CUDA_GRAPH_BACKENDS = ("torch-cudagraph", "torch-opt")
-DEFAULT_OURS = {"cuda": ("triton", "torch-cudagraph"), "cpu": ("torch", "torch-simple")}
+DEFAULT_OURS = {"cuda": ("triton", "torch-cudagraph"), "cpu": ("sdpa", "torch-direct")}
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class SystemSpec:
 
 def parse_systems(text: str, device_type: str) -> list[SystemSpec]:
     """``"hf-eager,ours:triton+torch-cudagraph"`` -> specs; ``ours`` alone is the device's
-    default (CUDA: triton+torch-cudagraph, CPU: torch+torch-simple)."""
+    default (CUDA: triton+torch-cudagraph, CPU: sdpa+torch-direct)."""
     from ..compile import CompileBackendRegistry
     from ..custom_ops.attention.descriptor import AttentionRegistry
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LlmArgs, cli_help_text, format_resolved_config, parse_cli
+from ..custom_ops.backend_resolver import format_backend_table, recorded_choices
 from ..models import create_factory
 from ..transforms import InferenceOptimizer, Stages
 from ..transforms.instruments import (
@@ -61,6 +62,9 @@ def write_summary(path: Path, gm: Any) -> str:
     coverage = meta.get("coverage")
     if coverage is not None:
         lines += ["", "pattern coverage:", str(coverage)]
+    choices = recorded_choices(gm)
+    if choices:
+        lines += ["", "backends per op family:", format_backend_table(choices)]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

@@ -12,6 +12,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import GraphModule, Node
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from ..utils.node_args import node_val  # noqa: F401  (re-exported: transforms import it here)
+
 OpLike = Any  # an OpOverloadPacket, OpOverload or Python callable used as a call_function target
 
 
@@ -131,11 +133,6 @@ def named_graphmodules(mod: torch.nn.Module) -> Iterable[tuple[str, GraphModule]
     for name, sub in mod.named_modules():
         if isinstance(sub, GraphModule):
             yield name, sub
-
-
-def node_val(node: Any) -> Any:
-    """The example value recorded on a node (``None`` for non-nodes or missing metadata)."""
-    return node.meta.get("val") if isinstance(node, Node) else None
 
 
 def map_targets(gm: GraphModule, mapping: dict[OpLike, Callable]) -> int:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
+from ..custom_ops.backend_resolver import format_backend_table, recorded_choices
 from ..utils.errors import AutoDeployError, BuildError, TransformError
 from ..utils.logger import log_prefix, logger
 from .base import BaseTransform
@@ -85,6 +86,9 @@ class InferenceOptimizer:
                     hook.after(record, mod)
 
         logger.info("build summary:\n%s", format_summary(records))
+        choices = recorded_choices(mod)
+        if choices:
+            logger.info("backends per op family:\n%s", format_backend_table(choices))
         for problem in shared.problems:
             logger.warning("problem: [%s/%s] %s", problem.stage, problem.transform, problem.message)
         _store_meta(mod, history, records, shared.problems)

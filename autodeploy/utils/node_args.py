@@ -28,3 +28,9 @@ def bound_args(node: Node) -> dict[str, Any]:
         else:
             out[arg.name] = None
     return out
+
+
+def node_val(value: Any) -> Any:
+    """The example (fake) value recorded on a graph node; ``None`` for anything that is not a
+    node or a node without shape metadata. The one helper for "the value of a node"."""
+    return value.meta.get("val") if isinstance(value, Node) else None

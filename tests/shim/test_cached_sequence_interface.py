@@ -7,6 +7,7 @@ from autodeploy.config import KvCacheConfig
 from autodeploy.shim import (
     CachedSequenceInterface,
     PagedKVResourceHandler,
+    PagedResourceHandler,
     StateResourceHandler,
     resolve_cache_dtype,
 )
@@ -131,3 +132,26 @@ def test_cuda_resize_from_free_memory():
     # capped at what max_batch_size sequences can use
     assert cm.num_pages == 2 * 4 + 1
     assert cm.caches["kv_cache_0"].is_cuda
+
+
+class _PagedIndexer(PagedResourceHandler):
+    """A paged cache that is not KV (e.g. per-page scales): 3 int8 values per token."""
+
+    def page_shape(self, page_size: int) -> tuple[int, ...]:
+        return (page_size, 3)
+
+
+def test_pool_sizing_counts_every_paged_handler_and_slots_are_counted_apart():
+    cm = make_cm()
+    cm.add_resource("kv_cache", PagedKVResourceHandler(2, 8, torch.float16))
+    cm.add_resource("scales", _PagedIndexer(torch.int8))
+    cm.add_resource("ssm_state", StateResourceHandler(4, 8, dtype=torch.float32))
+    kv_bytes, scale_bytes = 2 * 2 * 4 * 8 * 2, 4 * 3 * 1
+    assert cm.bytes_per_page == kv_bytes + scale_bytes
+    assert set(cm.paged_resources) == {"kv_cache_0", "scales_0"}
+    assert cm.bytes_per_slot == 4 * 8 * 4
+    cm.initialize_resources()
+    assert cm.caches["scales_0"].shape == (cm.num_pages, 4, 3)
+    assert sum(h.nbytes(cm.info) for h in cm.paged_resources.values()) == (
+        cm.num_pages * cm.bytes_per_page
+    )

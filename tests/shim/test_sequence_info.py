@@ -252,7 +252,7 @@ def test_derived_limits():
 def test_cuda_buffers_one_copy_and_pinned_host():
     info = make_info(device="cuda")
     activate_all(info)
-    assert info._host_buf.is_pinned()
+    assert info._buffer.host_buf.is_pinned()
     info.nest_sequences([[1, 2, 3], [4]], [0, 5], [[1], [2, 3]])
     args = info.named_args
     assert args["input_ids"].is_cuda and args["cache_loc"].is_cuda
@@ -262,3 +262,44 @@ def test_cuda_buffers_one_copy_and_pinned_host():
     assert torch.equal(info.gather_last_logits(logits), logits[0, [2, 3]])
     info.to("cpu")
     assert info.named_args["cache_loc"].tolist() == [1, 2, 3]
+
+
+def test_added_region_is_filled_each_step_in_the_same_buffer():
+    """An op family's region: written by its fill function, copied with the rest, sliced per
+    step like the built-in regions, and a model input once activated."""
+    import numpy as np
+
+    from autodeploy.shim import Region
+
+    def fill(step, out):  # two values per row: slot and first position of the step
+        out[0::2] = step.slot_idx
+        out[1::2] = step.input_pos
+
+    info = make_info()
+    size_before = info._buffer.nbytes
+    info.add_region(Region("slot_and_start", torch.int64, "row", width=2, fill=fill))
+    info.add_region(Region("slot_and_start", torch.int64, "row", width=2, fill=fill))  # no-op
+    assert info._buffer.nbytes > size_before and "slot_and_start" in info.regions
+    assert list(info.regions)[-3:] == ["cache_loc", "position_ids", "input_ids"]
+    info.activate_arg("slot_and_start")
+    info.activate_arg("slot_and_start_host")
+    info.nest_sequences([[1, 2, 3], [4]], [0, 6], [[1], [2, 3]], slot_idx=[3, 1])
+    assert as_list(info.named_args["slot_and_start"]) == [3, 0, 1, 6]
+    info.nest_sequences([[5], [6]], [3, 7], [[1], [2, 3]], slot_idx=[3, 1])  # decode only
+    assert as_list(info.get_arg("slot_and_start_host")) == [3, 3, 1, 7]
+    assert isinstance(info._buffer.host_np["slot_and_start"], np.ndarray)
+    with pytest.raises(ConfigError, match="already has a region 'seq_len'"):
+        info.add_region(Region("seq_len", torch.int64))
+    with pytest.raises(ConfigError, match="without the '_host' suffix"):
+        Region("x_host", torch.int32)
+    with pytest.raises(ConfigError, match="per must be one of"):
+        Region("x", torch.int32, per="sequence")  # type: ignore[arg-type]
+
+
+def test_unknown_arg_names_suggest_and_internal_regions_are_not_args():
+    info = make_info()
+    with pytest.raises(ConfigError, match="Did you mean 'seq_len'"):
+        info.activate_arg("seqlen")
+    with pytest.raises(ConfigError, match="add_region"):
+        info.activate_arg("last_token_idx")
+    assert not hasattr(SequenceInfo, "available_args")

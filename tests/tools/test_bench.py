@@ -100,7 +100,7 @@ def test_ours_runs_the_same_weights_as_hugging_face(tmp_path):
         "--repeats", "1", "--warmup-tokens", "2", "--out", str(out),
     ]  # fmt: skip
     records = bench.run_benchmark(bench.build_parser().parse_args(argv), log=lambda _: None)
-    assert [r["system"] for r in records] == ["hf-eager", "ours:torch+torch-simple"], records
+    assert [r["system"] for r in records] == ["hf-eager", "ours:sdpa+torch-direct"], records
     assert records[1]["greedy_match"] == {"hf-eager": 8}, records
     assert json.loads(out.read_text()) == json.loads(json.dumps(records))
 
@@ -116,10 +116,10 @@ def test_failing_system_gives_an_error_record_and_the_run_goes_on(tmp_path, caps
     ])  # fmt: skip
     assert status == 1
     records = json.loads(out.read_text())
-    assert [r["system"] for r in records] == ["ours:torch+torch-simple", "hf-eager"]
+    assert [r["system"] for r in records] == ["ours:sdpa+torch-direct", "hf-eager"]
     assert "fuse_gemmz" in records[0]["error"] and "fuse_gemms" in records[0]["error"]
     check_record(records[1], "hf-eager", 1, 4, 3)
-    assert "FAILED tiny / ours:torch+torch-simple" in capsys.readouterr().out
+    assert "FAILED tiny / ours:sdpa+torch-direct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_failing_system_gives_an_error_record_and_the_run_goes_on(tmp_path, caps
         (["--systems", "ours:torch+torch-cudagraf"], "Did you mean 'torch-cudagraph'"),
         (["--systems", "hf-eagr"], "Did you mean 'hf-eager'"),
         (["--systems", "hf-static-compile"], "needs CUDA"),
-        (["--systems", "ours,ours:torch+torch-simple"], "listed twice"),
+        (["--systems", "ours,ours:sdpa+torch-direct"], "listed twice"),
         (["--osl", "1"], "--osl >= 2"),
         (["--batch-sizes", "1,x"], "comma list of integers"),
         (["--batch-sizes", "0"], "every value >= 1"),
@@ -148,7 +148,7 @@ def test_parse_systems_defaults_per_device():
     assert [s.name for s in parse_systems("ours,hf-eager", "cuda")] == [
         "ours:triton+torch-cudagraph", "hf-eager"
     ]  # fmt: skip
-    assert parse_systems("ours", "cpu")[0] == SystemSpec("ours", "torch", "torch-simple")
+    assert parse_systems("ours", "cpu")[0] == SystemSpec("ours", "sdpa", "torch-direct")
     assert parse_systems(" ours:flashinfer+torch-opt ,", "cuda")[0].name == (
         "ours:flashinfer+torch-opt"
     )

@@ -16,8 +16,13 @@ from tiny_models import save_tiny
 
 from autodeploy.config import LlmArgs
 from autodeploy.config.layers import DEFAULT_YAML_PATH
-from autodeploy.custom_ops.attention.descriptor import AttentionRegistry, UnsupportedAttentionError
+from autodeploy.custom_ops.attention.descriptor import (
+    ATTENTION_CONVENTION,
+    AttentionRegistry,
+    UnsupportedAttentionError,
+)
 from autodeploy.custom_ops.attention.torch_cached_backend import TorchCachedAttention
+from autodeploy.custom_ops.cached_op import register_convention_fake
 from autodeploy.models import ModelFactoryRegistry
 from autodeploy.transforms import InferenceOptimizer, TransformRegistry
 from autodeploy.transforms.graph_utils import count_ops, placeholders
@@ -25,10 +30,11 @@ from autodeploy.utils.errors import BuildError, ConfigError
 
 ATTENTION = torch.ops.auto_deploy.torch_attention
 CACHED = torch.ops.auto_deploy.torch_cached_attention
+SDPA_CACHED = torch.ops.auto_deploy.sdpa_cached_attention
 METADATA = ["batch_info_host", "cu_seqlen", "input_pos", "cache_loc", "cu_num_pages"]
 CACHE_STAGE = {
     "move_inputs_to_device": {"stage": "weight_load"},  # export left the input values on meta
-    "insert_cached_attention": {"stage": "cache_init"},
+    "insert_cached_attention": {"stage": "cache_init", "backend": "torch"},  # the reference
     "initialize_cache": {"stage": "cache_init"},
 }
 
@@ -92,6 +98,26 @@ def test_rejects_bnsd_layout_with_a_hint():
         build_cached(gm, make_cm())
 
 
+def test_every_node_records_its_backend_and_why_not_the_others(monkeypatch):
+    """auto on CPU: the reference for every layer; an explicit backend that cannot run here is
+    a build-time error naming the reason, before the graph is touched."""
+    from autodeploy.custom_ops.backend_resolver import recorded_choices
+
+    _, gm = export_tiny()
+    gm = build_cached(gm, make_cm())
+    choices = recorded_choices(gm)
+    assert [(c["family"], c["backend"], c["requested"]) for c in choices] == [
+        ("attention", "torch", "auto")
+    ] * 2
+    assert choices[0]["refused"]["triton"] == "auto does not pick it on cpu"
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _, gm = export_tiny()
+    with pytest.raises(UnsupportedAttentionError, match="'triton' cannot replace .*CUDA"):
+        build_cached(gm, make_cm(), backend="triton")
+    assert count_ops(gm, ATTENTION) == 2
+
+
 def test_unknown_backend_is_a_config_error_with_a_suggestion():
     with pytest.raises(ConfigError, match="'torch'"):
         InferenceOptimizer(
@@ -119,7 +145,7 @@ def test_needs_a_sequence_interface():
             None,
             {
                 "move_inputs_to_device": {"stage": "weight_load", "device": "cpu"},
-                "insert_cached_attention": {"stage": "cache_init"},
+                "insert_cached_attention": {"stage": "cache_init", "backend": "torch"},
             },
         )(None, gm)
 
@@ -171,9 +197,7 @@ def _cached_with_extra(
     )
 
 
-@_cached_with_extra.register_fake
-def _cached_with_extra_fake(q, *args):
-    return torch.empty_like(q)
+register_convention_fake(_cached_with_extra, ATTENTION_CONVENTION)
 
 
 HOST_CALLS = []
@@ -181,8 +205,11 @@ HOST_CALLS = []
 
 @AttentionRegistry.register("_test_with_prepare")
 class _WithPrepare(TorchCachedAttention):
+    prepared_args = ("end_pos", "doubled")
+    auto_priority = {}  # by name only
+
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.autodeploy_test.cached_with_extra
 
     @classmethod
@@ -230,10 +257,14 @@ def llama(tmp_path_factory):
     transforms.setdefault("match_attention_layout", {"stage": "pattern_matcher"})
     # These checks compare the logits of every prompt token, not only the sampled last one.
     transforms["gather_logits_before_lm_head"]["enabled"] = False
+    # The graph is inspected below: keep op nodes as ops (the CPU default torch-direct would
+    # turn them into plain function calls).
+    transforms["compile_model"]["backend"] = "torch-simple"
     factory = ModelFactoryRegistry.get("AutoModelForCausalLM")(str(path))
     cm = make_cm(page_size=4, max_seq_len=64, max_batch_size=4, max_num_tokens=128)
     gm = InferenceOptimizer(factory, transforms)(cm)
-    assert count_ops(gm, ATTENTION) == 0 and count_ops(gm, CACHED) == 2
+    # auto on CPU: the batched sdpa backend
+    assert count_ops(gm, ATTENTION) == 0 and count_ops(gm, SDPA_CACHED) == 2
     return gm, cm, hf_model
 
 

@@ -1,26 +1,17 @@
-"""AttentionDescriptor and AttentionRegistry: how a backend's cached op replaces a canonical op.
+"""The ``attention`` op family: its calling convention and ``AttentionDescriptor``.
 
-A backend is a class of classmethods registered with ``@AttentionRegistry.register(name)``.
-``insert_cached_attention`` asks it, for every source node (``torch_attention`` for the
-attention backends):
+Every attention backend's cached op is called (``cached_op.py`` explains the parts) as
 
-- ``check_supported(node)``: raise ``UnsupportedAttentionError`` (a clear build-time error) for a
-  feature the backend cannot do; never give a wrong answer at run time.
-- ``get_source_attention_op()`` / ``get_attention_layout()`` / ``get_num_qkv_args()``: what is
-  replaced (the layout the source op must have; the number of leading tensor args kept).
-- ``get_cached_attention_op()``: called as ``op(*qkv, *standard_metadata, *extra_metadata,
-  *caches, *constants)``.
-- ``get_standard_metadata_args()``: ``SequenceInfo`` arg names; one graph input each, shared by
-  every layer.
-- ``get_prepare_metadata_op()``: optional ``(op, num_outputs)``; the op is inserted once. Its
-  arguments are matched by name to ``SequenceInfo`` args; its outputs are appended (in order)
-  to every cached call after the standard metadata.
-- ``get_cache_initializers(node, kv_cache_config)``: ``{name: ResourceHandler}``; one graph input
-  per layer and name, in this order.
-- ``get_constants(node)``: the constant args appended last (scale, sliding window, logit cap,
-  sinks; a sinks tensor stays a graph node).
-- ``get_host_prepare_function()``: optional ``fn(info)`` run on the host after every step's
-  copy, outside CUDA graphs (FlashInfer's ``plan()``).
+    op(q, k, v,                                            # inputs, [b, s, heads, head_dim]
+       batch_info_host, cu_seqlen, input_pos, cache_loc, cu_num_pages,   # metadata
+       *prepared,                                          # the backend's prepare-op outputs
+       kv_cache,                                           # one paged cache per layer
+       scale, sliding_window, logit_cap, sinks)            # constants of the source call
+
+and replaces ``torch_attention`` (layout ``bsnd``). A backend is an ``AttentionDescriptor``
+subclass registered with ``@AttentionRegistry.register(name)`` (the ``attention`` family of
+``BackendRegistry``). Its build-time check ``supports(node)`` and its op's run-time check use the
+same function (``attention_checks.attention_problems``) with the backend's ``limits``.
 
 ``attention_args(node)`` reads a ``torch_attention`` call into a dict of all its arguments
 (defaults filled in), which makes the per-backend code independent of how the call was written.
@@ -28,29 +19,46 @@ attention backends):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
 from torch.fx import Node
 
 from ...shim.resources import PagedKVResourceHandler, ResourceHandler, resolve_cache_dtype
-from ...shim.sequence_info import SequenceInfo
-from ...utils.errors import AutoDeployError
-from ...utils.node_args import bound_args
-from ...utils.registry import Registry
+from ...utils.node_args import bound_args, node_val
+from ..backend_resolver import UnsupportedOpError
+from ..cached_op import CachedOpDescriptor, CallingConvention, op_schema
+from ..op_backend import BackendRegistry, FamilyRegistry, OpFamily
+from .attention_checks import REFERENCE_LIMITS, AttentionLimits, attention_problems
 
-# The contract's standard metadata for cached attention (see CACHED_ATTENTION_CONTRACT.md).
-STANDARD_ATTENTION_METADATA: tuple[str, ...] = (
-    "batch_info_host",
-    "cu_seqlen",
-    "input_pos",
-    "cache_loc",
-    "cu_num_pages",
+ATTENTION_CONVENTION = CallingConvention(
+    source_op="torch_attention",
+    inputs=("q", "k", "v"),
+    metadata=("batch_info_host", "cu_seqlen", "input_pos", "cache_loc", "cu_num_pages"),
+    caches=("kv_cache",),
+    constants=("scale", "sliding_window", "logit_cap", "sinks"),
+    output_like="q",
+    constant_types=("float?", "SymInt?", "float?", "Tensor?"),
 )
+# The source op's names for the convention's inputs and constants.
+_SOURCE_INPUTS = ("query", "key", "value")
+
+ATTENTION = BackendRegistry.register_family(
+    OpFamily(
+        name="attention",
+        description="causal attention over a paged KV cache (replaces torch_attention)",
+        setting="attn_backend (or insert_cached_attention.backend)",
+        convention=ATTENTION_CONVENTION,
+    )
+)
+AttentionRegistry = FamilyRegistry("attention")
+
+# The contract's standard metadata for cached attention (kept for callers that import it).
+STANDARD_ATTENTION_METADATA: tuple[str, ...] = ATTENTION_CONVENTION.metadata
+
+__all__ = ["AttentionDescriptor", "AttentionRegistry", "attention_args", "op_schema"]
 
 
-class UnsupportedAttentionError(AutoDeployError, ValueError):
+class UnsupportedAttentionError(UnsupportedOpError):
     """A source attention node uses a feature the chosen backend does not implement."""
 
 
@@ -58,85 +66,58 @@ class UnsupportedAttentionError(AutoDeployError, ValueError):
 attention_args = bound_args
 
 
-def op_schema(op: Any) -> torch.FunctionSchema:
-    """The schema of an op overload, or of the default overload of an overload packet."""
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        op = op.default
-    return op._schema
+class AttentionDescriptor(CachedOpDescriptor):
+    """Base class of attention backends; the defaults describe a backend of the contract's
+    paged KV cache that takes every ``torch_attention`` feature (override what differs)."""
 
+    unsupported_error = UnsupportedAttentionError
+    limits: ClassVar[AttentionLimits] = REFERENCE_LIMITS
+    kv_layout: ClassVar[str] = "HND"
 
-def node_tensor(value: Any) -> torch.Tensor | None:
-    """The example (fake) tensor of a graph node, or None."""
-    return value.meta.get("val") if isinstance(value, Node) else None
-
-
-class AttentionDescriptor:
-    """Base class of attention backends; the defaults describe a ``torch_attention`` backend with
-    the contract's paged KV cache (override what differs)."""
-
-    @classmethod
-    def name(cls) -> str:
-        return getattr(cls, "_registered_name", cls.__name__)
-
+    # The names this family used before the generic descriptor (kept: tests and plugins use them).
     @classmethod
     def get_source_attention_op(cls) -> Any:
-        return torch.ops.auto_deploy.torch_attention
+        return cls.get_source_op()
+
+    @classmethod
+    def get_cached_attention_op(cls) -> Any:
+        return cls.get_cached_op()
+
+    @classmethod
+    def get_cached_op(cls) -> Any:
+        raise NotImplementedError(f"attention backend {cls.name()!r} has no cached op")
+
+    @classmethod
+    def get_standard_metadata_args(cls) -> list[str]:
+        return cls.get_metadata_args()
 
     @classmethod
     def get_attention_layout(cls) -> str:
         return "bsnd"
 
     @classmethod
-    def get_num_qkv_args(cls) -> int:
-        return 3
-
-    @classmethod
-    def get_cached_attention_op(cls) -> Any:
-        raise NotImplementedError(f"attention backend {cls.name()!r} has no cached op")
-
-    @classmethod
-    def get_standard_metadata_args(cls) -> list[str]:
-        return list(STANDARD_ATTENTION_METADATA)
-
-    @classmethod
-    def get_prepare_metadata_op(cls) -> tuple[Any, int] | None:
-        return None
-
-    @classmethod
-    def get_kv_layout(cls) -> str:
-        return "HND"
+    def get_inputs(cls, node: Node) -> list[Any]:
+        args = attention_args(node)
+        return [args[name] for name in _SOURCE_INPUTS]
 
     @classmethod
     def get_cache_initializers(cls, node: Node, kv_cache_config: Any) -> dict[str, ResourceHandler]:
         """One paged KV cache sized from the key tensor ([b, s, n_kv, head_dim] in bsnd)."""
-        args = attention_args(node)
-        key = node_tensor(args["key"])
+        key = node_val(attention_args(node)["key"])
         if key is None:
             raise UnsupportedAttentionError(
                 f"{node.name}: the key has no shape metadata; run shape propagation first."
             )
         dtype = resolve_cache_dtype(getattr(kv_cache_config, "dtype", "auto"), key.dtype)
         num_kv_heads, head_dim = int(key.shape[2]), int(key.shape[3])
-        return {
-            "kv_cache": PagedKVResourceHandler(
-                num_kv_heads, head_dim, dtype, kv_layout=cls.get_kv_layout()
-            )
-        }
-
-    @classmethod
-    def get_constants(cls, node: Node) -> list[Any]:
-        args = attention_args(node)
-        return [args["scale"], args["sliding_window"], args["logit_cap"], args["sinks"]]
-
-    @classmethod
-    def get_host_prepare_function(cls) -> Callable[[SequenceInfo], None] | None:
-        return None
+        handler = PagedKVResourceHandler(num_kv_heads, head_dim, dtype, kv_layout=cls.kv_layout)
+        return {"kv_cache": handler}
 
     # ------------------------------------------------------------------ feature checks
 
     @classmethod
     def unsupported_features(cls, node: Node) -> list[str]:
-        """What ``node`` asks for that a paged causal-attention backend cannot do."""
+        """What ``node`` asks for that this backend cannot do (the build-time check)."""
         args = attention_args(node)
         problems = []
         if args["layout"] != cls.get_attention_layout():
@@ -154,40 +135,21 @@ class AttentionDescriptor:
             problems.append(f"dropout_p={args['dropout_p']} (inference needs 0.0)")
         if args["is_causal"] is not True:
             problems.append(f"is_causal={args['is_causal']} (cached attention is causal)")
-        query, key, value = (node_tensor(args[k]) for k in ("query", "key", "value"))
-        if query is not None and key is not None and value is not None:
-            num_heads, num_kv_heads = int(query.shape[2]), int(key.shape[2])
-            if args["layout"] == "bsnd" and num_heads % num_kv_heads != 0:
-                problems.append(
-                    f"{num_heads} query heads are not a multiple of {num_kv_heads} kv heads"
-                )
-            if value.shape[-1] != key.shape[-1]:
-                problems.append(
-                    f"value head_dim {value.shape[-1]} != key head_dim {key.shape[-1]} (K and V "
-                    "share one paged cache)"
-                )
-        window, cap = args["sliding_window"], args["logit_cap"]
-        if isinstance(window, int) and window < 1:
-            problems.append(f"sliding_window={window} (must be >= 1)")
-        if isinstance(cap, (int, float)) and cap <= 0:
-            problems.append(f"logit_cap={cap} (must be > 0)")
+        query, key, value = (node_val(args[name]) for name in _SOURCE_INPUTS)
+        if args["layout"] != "bsnd":  # the shape checks read bsnd tensors
+            query = key = value = None
+        problems += attention_problems(
+            cls.limits,
+            query,
+            key,
+            value,
+            sliding_window=args["sliding_window"],
+            logit_cap=args["logit_cap"],
+            sinks=args["sinks"],
+        )
         return problems
 
     @classmethod
-    def check_supported(cls, node: Node) -> None:
+    def supports(cls, node: Node) -> str | None:
         problems = cls.unsupported_features(node)
-        if problems:
-            raise UnsupportedAttentionError(
-                f"attention backend {cls.name()!r} cannot replace {node.name} "
-                f"({node.format_node()}): " + "; ".join(problems) + "."
-            )
-
-
-class _AttentionRegistry(Registry[type[AttentionDescriptor]]):
-    def _on_register(self, name: str, obj: type[AttentionDescriptor]) -> None:
-        obj._registered_name = name  # type: ignore[attr-defined]
-
-
-AttentionRegistry = _AttentionRegistry(
-    "attention backend", lookup_hint="Set `attn_backend` (or insert_cached_attention.backend)"
-)
+        return "; ".join(problems) if problems else None

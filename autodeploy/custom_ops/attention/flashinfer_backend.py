@@ -28,22 +28,29 @@ import weakref
 
 import torch
 from torch import Tensor
-from torch.fx import Node
 
 from ...shim.sequence_info import SequenceInfo
-from ...utils.errors import ConfigError
+from ...utils.node_args import node_val
+from ..cached_op import define_cached_op
+from .attention_checks import AttentionLimits, check_attention_inputs
 from .descriptor import (
+    ATTENTION_CONVENTION,
     AttentionDescriptor,
     AttentionRegistry,
     UnsupportedAttentionError,
     attention_args,
-    node_tensor,
 )
 from .flashinfer_kernels import INSTALL_HINT, FlashInferKernels, flashinfer_available
 from .flashinfer_planner import FlashInferPlanner, WrapperFactory
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-SUPPORTED_HEAD_DIMS = (64, 128, 256)
+# What FlashInfer's kernels accept: checked at build time (the descriptor) and per call (the op).
+FLASHINFER_ATTENTION_LIMITS = AttentionLimits(
+    dtypes=(torch.float16, torch.bfloat16),
+    head_dims=(64, 128, 256),
+    sinks=False,  # FlashInfer 0.6's fa2 paged wrappers drop the sinks argument
+    same_dtype=True,
+    other="'triton' or 'torch'",
+)
 _OP = "flashinfer_attention_with_cache"
 
 
@@ -120,69 +127,6 @@ def _planner_for_call(device: torch.device, batch_info_host: Tensor) -> FlashInf
     return planner if planner is not None else fallback_planner(device)
 
 
-# ----------------------------------------------------------------------------------------------
-# validation (host-only, cheap)
-# ----------------------------------------------------------------------------------------------
-def check_attention_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kv_cache: Tensor,
-    sliding_window: int | None,
-    logit_cap: float | None,
-    sinks: Tensor | None,
-) -> None:
-    """Raise ``ValueError`` for anything the FlashInfer path does not handle."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"{_OP}: q/k/v must be [b, s, heads, head_dim] (bsnd), got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
-        )
-    num_heads, head_dim = q.shape[2], q.shape[3]
-    num_kv_heads = k.shape[2]
-    if kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
-        raise ValueError(
-            f"{_OP}: kv_cache must be [num_pages, 2, num_kv_heads, page_size, "
-            f"head_dim] (HND), got {tuple(kv_cache.shape)}."
-        )
-    if (
-        (kv_cache.shape[2], kv_cache.shape[4]) != (num_kv_heads, head_dim)
-        or tuple(v.shape[2:]) != (num_kv_heads, head_dim)
-        or k.shape[3] != head_dim
-    ):
-        raise ValueError(
-            f"{_OP}: kv_cache {tuple(kv_cache.shape)}, k {tuple(k.shape)} and v "
-            f"{tuple(v.shape)} disagree on num_kv_heads / head_dim."
-        )
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(
-            f"{_OP}: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}."
-        )
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"{_OP}: head_dim={head_dim} is not supported (FlashInfer kernels: "
-            f"{SUPPORTED_HEAD_DIMS}); use attn_backend 'triton' or 'torch'."
-        )
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{_OP}: q has dtype {q.dtype}; FlashInfer supports fp16 and bf16.")
-    for name, t in (("k", k), ("v", v), ("kv_cache", kv_cache)):
-        if t.dtype != q.dtype:
-            raise ValueError(
-                f"{_OP}: {name} has dtype {t.dtype} but q has {q.dtype}; query, "
-                "new keys/values and the KV cache must share one dtype (set "
-                "kv_cache_config.dtype to 'auto')."
-            )
-    if sinks is not None:
-        raise ValueError(
-            f"{_OP}: attention sinks are not supported by the FlashInfer backend; "
-            "use attn_backend 'triton' or 'torch'."
-        )
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"{_OP}: sliding_window must be >= 1 (or None), got {sliding_window}.")
-    if logit_cap is not None and logit_cap <= 0:
-        raise ValueError(f"{_OP}: logit_cap must be > 0 (or None), got {logit_cap}.")
-
-
 def _tokens_view(x: Tensor) -> Tensor:
     """[b, s, heads, d] -> [b * s, heads, d] with a contiguous last dim (a view when possible)."""
     x = x.reshape(-1, x.shape[2], x.shape[3])
@@ -217,8 +161,7 @@ def _flashinfer_prepare_metadata_fake(position_ids, cu_seqlen, last_page_len):
     )
 
 
-@torch.library.custom_op("auto_deploy::flashinfer_attention_with_cache", mutates_args=("kv_cache",))
-def flashinfer_attention_with_cache(
+def _flashinfer_attention_with_cache(
     q: Tensor,  # [b, s, num_heads, head_dim]; b * s = total tokens
     k: Tensor,  # [b, s, num_kv_heads, head_dim]
     v: Tensor,  # [b, s, num_kv_heads, head_dim]
@@ -237,7 +180,9 @@ def flashinfer_attention_with_cache(
     sinks: Tensor | None = None,
 ) -> Tensor:
     """Paged-cache attention for a packed batch (prefill sequences first, then decode)."""
-    check_attention_inputs(q, k, v, kv_cache, sliding_window, logit_cap, sinks)
+    check_attention_inputs(
+        _OP, FLASHINFER_ATTENTION_LIMITS, q, k, v, kv_cache, sliding_window, logit_cap, sinks
+    )
     planner = _planner_for_call(q.device, batch_info_host)
     q_tokens, k_tokens, v_tokens = _tokens_view(q), _tokens_view(k), _tokens_view(v)
     config = planner.config_for(q_tokens, kv_cache, scale, sliding_window, logit_cap)
@@ -277,26 +222,14 @@ def flashinfer_attention_with_cache(
     return out.view(q.shape)
 
 
-@flashinfer_attention_with_cache.register_fake
-def _flashinfer_attention_with_cache_fake(
-    q,
-    k,
-    v,
-    batch_info_host,
-    cu_seqlen,
-    input_pos,
-    cache_loc,
-    cu_num_pages,
-    append_batch_indices,
-    append_positions,
-    last_page_len,
-    kv_cache,
-    scale=None,
-    sliding_window=None,
-    logit_cap=None,
-    sinks=None,
-):
-    return q.new_empty(q.shape)
+# The prepare-metadata outputs the op takes after the standard metadata.
+PREPARED_ARGS = ("append_batch_indices", "append_positions", "last_page_len")
+flashinfer_attention_with_cache = define_cached_op(
+    "auto_deploy::flashinfer_attention_with_cache",
+    _flashinfer_attention_with_cache,
+    ATTENTION_CONVENTION,
+    prepared=PREPARED_ARGS,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,57 +238,36 @@ def _flashinfer_attention_with_cache_fake(
 @AttentionRegistry.register("flashinfer")
 class FlashInferCachedAttention(AttentionDescriptor):
     """FlashInfer's paged prefill/decode kernels (CUDA; fp16/bf16; head_dim 64/128/256): GQA,
-    sliding window, logit soft-cap; CUDA-graph-safe decode. Needs the ``flashinfer`` package."""
+    sliding window, logit soft-cap; CUDA-graph-safe decode. Needs the ``flashinfer`` package.
+    Chosen by name only (``auto`` takes Triton on CUDA)."""
+
+    limits = FLASHINFER_ATTENTION_LIMITS
+    prepared_args = PREPARED_ARGS
 
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.auto_deploy.flashinfer_attention_with_cache
 
     @classmethod
     def get_prepare_metadata_op(cls):
-        return torch.ops.auto_deploy.flashinfer_prepare_metadata, 3
+        return torch.ops.auto_deploy.flashinfer_prepare_metadata, len(cls.prepared_args)
 
     @classmethod
     def get_host_prepare_function(cls):
         return flashinfer_host_prepare
 
     @classmethod
-    def check_supported(cls, node: Node) -> None:
+    def unavailable(cls, device: torch.device | None) -> str | None:
+        # The device is checked per call ("CUDA devices only"): tests run the host logic on CPU
+        # with torch kernels installed through ``install_kernels``.
         if not flashinfer_available():
-            raise ConfigError(
-                f"attn_backend 'flashinfer' needs the flashinfer package, which is not "
-                f"installed: {INSTALL_HINT}. Or choose attn_backend 'triton' or 'torch'."
-            )
-        super().check_supported(node)
-
-    @classmethod
-    def unsupported_features(cls, node: Node) -> list[str]:
-        problems = super().unsupported_features(node)
-        args = attention_args(node)
-        query = node_tensor(args["query"])
-        if query is not None:
-            head_dim = int(query.shape[-1])
-            if head_dim not in SUPPORTED_HEAD_DIMS:
-                problems.append(
-                    f"head_dim {head_dim} (FlashInfer's kernels: "
-                    f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))})"
-                )
-            if query.dtype not in SUPPORTED_DTYPES:
-                problems.append(
-                    f"dtype {query.dtype} (FlashInfer supports float16 and bfloat16; "
-                    "load the model in one of them)"
-                )
-        if args["sinks"] is not None:
-            problems.append(
-                "attention sinks (FlashInfer's fa2 paged wrappers ignore them; use "
-                "attn_backend 'triton' or 'torch')"
-            )
-        return problems
+            return f"the flashinfer package is not installed: {INSTALL_HINT}"
+        return None
 
     @classmethod
     def get_cache_initializers(cls, node, kv_cache_config):
         handlers = super().get_cache_initializers(node, kv_cache_config)
-        query = node_tensor(attention_args(node)["query"])
+        query = node_val(attention_args(node)["query"])
         for handler in handlers.values():
             if query is not None and handler.dtype != query.dtype:
                 raise UnsupportedAttentionError(

@@ -22,7 +22,8 @@ import math
 import torch
 from torch import Tensor
 
-from .descriptor import AttentionDescriptor, AttentionRegistry
+from ..cached_op import register_convention_fake
+from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegistry
 
 
 @torch.library.custom_op("auto_deploy::torch_cached_attention", mutates_args=("kv_cache",))
@@ -95,30 +96,17 @@ def torch_cached_attention(
     return out.view(q.shape)
 
 
-@torch_cached_attention.register_fake
-def _torch_cached_attention_fake(
-    q,
-    k,
-    v,
-    batch_info_host,
-    cu_seqlen,
-    input_pos,
-    cache_loc,
-    cu_num_pages,
-    kv_cache,
-    scale=None,
-    sliding_window=None,
-    logit_cap=None,
-    sinks=None,
-):
-    return torch.empty_like(q)
+register_convention_fake(torch_cached_attention, ATTENTION_CONVENTION)
 
 
 @AttentionRegistry.register("torch")
 class TorchCachedAttention(AttentionDescriptor):
     """Reference backend: every torch_attention feature (GQA, sliding window, logit cap, sinks),
-    any mix of prefill and decode, any device; slow (a Python loop over sequences)."""
+    any mix of prefill and decode, any device; slow (a Python loop over sequences). ``auto``
+    takes it where no faster backend supports the node."""
+
+    auto_priority = {"*": 0}
 
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.auto_deploy.torch_cached_attention

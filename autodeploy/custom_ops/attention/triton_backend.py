@@ -10,75 +10,21 @@ launch configurations, what is rejected): ``triton_launch.py``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
-from torch import Tensor
-from torch.fx import Node
 
-from .descriptor import AttentionDescriptor, AttentionRegistry, attention_args, node_tensor
-from .triton_launch import (
-    MAX_HEAD_DIM,
-    SUPPORTED_DTYPES,
-    cpu_interpreter_problem,
-    triton_paged_attention,
-)
-
+from ..cached_op import define_cached_op
+from ..triton_availability import triton_unavailable
+from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegistry
+from .triton_launch import TRITON_ATTENTION_LIMITS, triton_paged_attention
 
 # ----------------------------------------------------------------------------------------------
 # the op
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("auto_deploy::triton_attention_with_cache", mutates_args=("kv_cache",))
-def triton_attention_with_cache(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    batch_info_host: Tensor,
-    cu_seqlen: Tensor,
-    input_pos: Tensor,
-    cache_loc: Tensor,
-    cu_num_pages: Tensor,
-    kv_cache: Tensor,
-    scale: float | None = None,
-    sliding_window: int | None = None,
-    logit_cap: float | None = None,
-    sinks: Tensor | None = None,
-) -> Tensor:
-    """Paged-cache attention for a packed batch (prefill sequences first, then decode)."""
-    return triton_paged_attention(
-        q,
-        k,
-        v,
-        batch_info_host,
-        cu_seqlen,
-        input_pos,
-        cache_loc,
-        cu_num_pages,
-        kv_cache,
-        scale,
-        sliding_window,
-        logit_cap,
-        sinks,
-    )
-
-
-@triton_attention_with_cache.register_fake
-def _triton_attention_with_cache_fake(
-    q,
-    k,
-    v,
-    batch_info_host,
-    cu_seqlen,
-    input_pos,
-    cache_loc,
-    cu_num_pages,
-    kv_cache,
-    scale=None,
-    sliding_window=None,
-    logit_cap=None,
-    sinks=None,
-):
-    return q.new_empty(q.shape)
+# Paged-cache attention for a packed batch (prefill sequences first, then decode); the schema
+# and fake come from the attention calling convention.
+triton_attention_with_cache = define_cached_op(
+    "auto_deploy::triton_attention_with_cache", triton_paged_attention, ATTENTION_CONVENTION
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,27 +33,16 @@ def _triton_attention_with_cache_fake(
 @AttentionRegistry.register("triton")
 class TritonCachedAttention(AttentionDescriptor):
     """Triton kernels over the contract's paged KV cache: GQA, sliding window, logit cap, sinks;
-    fp16/bf16/fp32; head_dim <= 256. On CPU only under ``TRITON_INTERPRET=1`` (slow; tests)."""
+    fp16/bf16/fp32; head_dim <= 256. ``auto`` picks it on CUDA. On CPU only under
+    ``TRITON_INTERPRET=1`` (slow; tests)."""
+
+    auto_priority = {"cuda": 10}
+    limits = TRITON_ATTENTION_LIMITS
 
     @classmethod
-    def get_cached_attention_op(cls):
+    def get_cached_op(cls):
         return torch.ops.auto_deploy.triton_attention_with_cache
 
     @classmethod
-    def unsupported_features(cls, node: Node) -> list[str]:
-        problems = super().unsupported_features(node)
-        args = attention_args(node)
-        if importlib.util.find_spec("triton") is None:
-            return [*problems, "triton is not installed (pip install 'autodeploy[triton]')"]
-        query = node_tensor(args["query"])
-        if query is not None:
-            head_dim = int(query.shape[-1])
-            if head_dim > MAX_HEAD_DIM:
-                problems.append(f"head_dim {head_dim} > {MAX_HEAD_DIM}")
-            if query.dtype not in SUPPORTED_DTYPES:
-                problems.append(f"dtype {query.dtype} (supported: fp16, bf16, fp32)")
-            if query.device.type == "cpu":
-                problem = cpu_interpreter_problem()
-                if problem is not None:
-                    problems.append(problem)
-        return problems
+    def unavailable(cls, device: torch.device | None) -> str | None:
+        return triton_unavailable(device)

@@ -7,12 +7,12 @@ from the cache exactly like the cached ones, whatever tile or page boundaries th
 
 from __future__ import annotations
 
-import triton
 import triton.language as tl
 
+from .._triton_kernel import TritonKernel
 
-@triton.jit
-def kv_append_kernel(
+
+def _kv_append_kernel(
     k_ptr,
     v_ptr,
     kv_cache_ptr,
@@ -75,3 +75,6 @@ def kv_append_kernel(
     cache_dtype = kv_cache_ptr.dtype.element_ty
     tl.store(dst, k.to(cache_dtype), mask=mask)
     tl.store(dst + stride_cache_kv, v.to(cache_dtype), mask=mask)
+
+
+kv_append_kernel = TritonKernel(_kv_append_kernel)

@@ -29,15 +29,15 @@ head_dim up to 256 (padded to a power of two and masked), any page size, GQA wit
 size, sliding window, logit cap and sinks. Rejected with a ``ValueError``: head_dim > 256,
 other dtypes, mismatched cache shapes, ``sliding_window < 1``, ``logit_cap <= 0``.
 
-On CPU, Triton runs only in its interpreter, which is chosen when ``triton`` is first imported:
-set ``TRITON_INTERPRET=1`` before anything imports triton (``torch._dynamo`` does). The kernels
-are imported lazily, so this module itself registers the op without triton installed.
+On CPU, Triton runs only in its interpreter: the kernels are ``TritonKernel``s
+(``_triton_kernel.py``), interpreted per launch for CPU tensors when ``TRITON_INTERPRET=1`` is
+set at that time (whenever triton was imported). The kernels are imported lazily, so this module
+itself registers the op without triton installed.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,9 +45,16 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-MAX_HEAD_DIM = 256
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from ...utils.numbers import ceil_div, next_power_of_2
+from ..triton_availability import triton_unavailable
+from .attention_checks import AttentionLimits, check_attention_inputs
+
+# What the kernels accept: checked at build time (the descriptor) and per call (the op).
+TRITON_ATTENTION_LIMITS = AttentionLimits(
+    dtypes=(torch.float16, torch.bfloat16, torch.float32), max_head_dim=256
+)
 MAX_DECODE_SPLITS = 64
+_OP = "triton_attention_with_cache"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,23 +75,9 @@ def _kernels() -> _Kernels:
 
 
 def cpu_interpreter_problem() -> str | None:
-    """Why the kernels cannot run on CPU tensors in this process (None if they can).
-
-    Triton runs on CPU only in its interpreter, and whether a ``@triton.jit`` function (ours and
-    triton's own ``tl.max``/``tl.sum``) is interpreted is fixed when its module is imported.
-    """
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install 'autodeploy[triton]')"
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-
-    kernel = _kernels().prefill.paged_prefill_kernel
-    if isinstance(kernel, InterpretedFunction) and isinstance(tl.max, InterpretedFunction):
-        return None
-    return (
-        "on CPU, Triton kernels run only in the Triton interpreter: set TRITON_INTERPRET=1 "
-        "in the environment before anything imports triton (torch._dynamo and autodeploy do)"
-    )
+    """Why the kernels cannot run on CPU tensors now (None if they can: triton is installed and
+    ``TRITON_INTERPRET=1`` is set; checked per launch, whenever triton was imported)."""
+    return triton_unavailable(torch.device("cpu"))
 
 
 @dataclass(frozen=True)
@@ -133,74 +126,8 @@ def decode_num_splits(
     if device.type != "cuda":
         return 1
     programs = max(num_decode * num_kv_heads, 1)
-    wanted = _cdiv(2 * _multiprocessor_count(device), programs)
-    return max(1, min(wanted, _cdiv(est_kv_len, block_n), MAX_DECODE_SPLITS))
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(x - 1, 0).bit_length()
-
-
-# ----------------------------------------------------------------------------------------------
-# validation (host-only, cheap)
-# ----------------------------------------------------------------------------------------------
-def check_attention_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kv_cache: Tensor,
-    sliding_window: int | None,
-    logit_cap: float | None,
-    sinks: Tensor | None,
-) -> None:
-    """Raise ``ValueError`` for anything the Triton kernels do not handle."""
-    where = "triton_attention_with_cache"
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"{where}: q/k/v must be [b, s, heads, head_dim] (bsnd), got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
-        )
-    num_heads, head_dim = q.shape[2], q.shape[3]
-    num_kv_heads = k.shape[2]
-    if kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
-        raise ValueError(
-            f"{where}: kv_cache must be [num_pages, 2, num_kv_heads, page_size, "
-            f"head_dim], got {tuple(kv_cache.shape)}."
-        )
-    if (
-        tuple(kv_cache.shape[2:5:2]) != (num_kv_heads, head_dim)
-        or tuple(v.shape[2:]) != (num_kv_heads, head_dim)
-        or k.shape[3] != head_dim
-    ):
-        raise ValueError(
-            f"{where}: kv_cache {tuple(kv_cache.shape)}, k {tuple(k.shape)} and v "
-            f"{tuple(v.shape)} disagree on num_kv_heads / head_dim."
-        )
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(
-            f"{where}: num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}."
-        )
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"{where}: head_dim={head_dim} > {MAX_HEAD_DIM} is not supported; use "
-            f"the torch backend."
-        )
-    for name, t in (("q", q), ("k", k), ("v", v), ("kv_cache", kv_cache)):
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{where}: {name} has dtype {t.dtype}; supported: fp16, bf16, fp32.")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"{where}: sliding_window must be >= 1 (or None), got {sliding_window}.")
-    if logit_cap is not None and logit_cap <= 0:
-        raise ValueError(f"{where}: logit_cap must be > 0 (or None), got {logit_cap}.")
-    if sinks is not None and sinks.numel() != num_heads:
-        raise ValueError(
-            f"{where}: sinks must have one value per query head ({num_heads}), got "
-            f"shape {tuple(sinks.shape)}."
-        )
+    wanted = ceil_div(2 * _multiprocessor_count(device), programs)
+    return max(1, min(wanted, ceil_div(est_kv_len, block_n), MAX_DECODE_SPLITS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,11 +156,13 @@ def triton_paged_attention(
     num_splits: int | None = None,
 ) -> Tensor:
     """The op's implementation; ``num_splits`` overrides the decode split heuristic (tests)."""
-    check_attention_inputs(q, k, v, kv_cache, sliding_window, logit_cap, sinks)
+    check_attention_inputs(
+        _OP, TRITON_ATTENTION_LIMITS, q, k, v, kv_cache, sliding_window, logit_cap, sinks
+    )
     if q.device.type != "cuda":
         problem = cpu_interpreter_problem()
         if problem is not None:
-            raise RuntimeError(f"triton_attention_with_cache on {q.device}: {problem}.")
+            raise RuntimeError(f"{_OP} on {q.device}: {problem}.")
     kernels = _kernels()
     num_prefill, num_prefill_tokens, num_decode = (int(x) for x in batch_info_host.tolist())
     num_seqs = num_prefill + num_decode
@@ -241,7 +170,7 @@ def triton_paged_attention(
     num_kv_heads = k.shape[2]
     page_size = kv_cache.shape[3]
     group = num_heads // num_kv_heads
-    block_d = max(16, _next_pow2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     on_gpu = q.device.type == "cuda"
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     dot_precision = "ieee" if kv_cache.dtype == torch.float32 else "tf32"
@@ -257,7 +186,7 @@ def triton_paged_attention(
 
     cache_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3))
     if kv_cache.stride(4) != 1:
-        raise ValueError("triton_attention_with_cache: kv_cache's head_dim must be contiguous.")
+        raise ValueError(f"{_OP}: kv_cache's head_dim must be contiguous.")
     common = dict(  # noqa: C408
         scale=scale,
         logit_cap=float(logit_cap or 0.0),
@@ -273,9 +202,9 @@ def triton_paged_attention(
     #    pages, then attend
     if num_prefill:
         max_new_tokens = num_prefill_tokens - (num_prefill - 1)  # the others have >= 1 each
-        heads_pad = _next_pow2(num_kv_heads)
+        heads_pad = next_power_of_2(num_kv_heads)
         block_t = min(max(8192 // (heads_pad * block_d), 1), 64) if on_gpu else 16
-        kernels.append.kv_append_kernel[(num_prefill, _cdiv(max_new_tokens, block_t))](
+        kernels.append.kv_append_kernel[(num_prefill, ceil_div(max_new_tokens, block_t)), q.device](
             k3,
             v3,
             kv_cache,
@@ -296,12 +225,12 @@ def triton_paged_attention(
             BLOCK_T=block_t,
             num_warps=4 if on_gpu else 1,
         )
-        group_pad = _next_pow2(group)
+        group_pad = next_power_of_2(group)
         cfg = _prefill_config(block_d, kv_cache.dtype, on_gpu, num_prefill_tokens // num_prefill)
         block_q = max(cfg.block_m // group_pad, 1)
-        block_q = max(block_q, _cdiv(16, group_pad))  # tl.dot needs >= 16 rows
+        block_q = max(block_q, ceil_div(16, group_pad))  # tl.dot needs >= 16 rows
         num_tiles = num_prefill_tokens // block_q + num_prefill
-        kernels.prefill.paged_prefill_kernel[(num_tiles, num_kv_heads)](
+        kernels.prefill.paged_prefill_kernel[(num_tiles, num_kv_heads), q.device](
             q3,
             kv_cache,
             out,
@@ -346,7 +275,9 @@ def triton_paged_attention(
             part_m = torch.empty(part_shape, dtype=torch.float32, device=q.device)
             part_l = torch.empty(part_shape, dtype=torch.float32, device=q.device)
             part_acc = torch.empty((*part_shape, head_dim), dtype=torch.float32, device=q.device)
-        kernels.decode.paged_decode_partial_kernel[(num_decode, num_kv_heads, num_splits)](
+        kernels.decode.paged_decode_partial_kernel[
+            (num_decode, num_kv_heads, num_splits), q.device
+        ](
             q3,
             k3,
             v3,
@@ -373,7 +304,7 @@ def triton_paged_attention(
             num_heads=num_heads,
             num_splits=num_splits,
             GROUP=group,
-            GROUP_PAD=max(cfg.block_m, _next_pow2(group)),
+            GROUP_PAD=max(cfg.block_m, next_power_of_2(group)),
             PAGE_SIZE=page_size,
             HEAD_DIM=head_dim,
             BLOCK_D=block_d,
@@ -384,7 +315,7 @@ def triton_paged_attention(
             **common,
         )
         if not single:
-            kernels.decode.paged_decode_reduce_kernel[(num_decode, num_heads)](
+            kernels.decode.paged_decode_reduce_kernel[(num_decode, num_heads), q.device](
                 out,
                 sinks_arg,
                 part_m,
@@ -395,7 +326,7 @@ def triton_paged_attention(
                 out.stride(1),
                 num_heads,
                 num_splits,
-                SPLITS_PAD=_next_pow2(num_splits),
+                SPLITS_PAD=next_power_of_2(num_splits),
                 HEAD_DIM=head_dim,
                 BLOCK_D=block_d,
                 HAS_SINKS=sinks is not None,

@@ -16,14 +16,13 @@ stage 2 is not launched.
 
 from __future__ import annotations
 
-import triton
 import triton.language as tl
 
+from .._triton_kernel import MAX_COMBINE, SUM_COMBINE, TritonKernel
 from .triton_common import LOG2E, NEG_LARGE
 
 
-@triton.jit
-def paged_decode_partial_kernel(
+def _paged_decode_partial_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
@@ -117,8 +116,8 @@ def paged_decode_partial_kernel(
         l_i = tl.full([GROUP_PAD], 1.0, dtype=tl.float32)
     else:
         m_i = tl.full([GROUP_PAD], NEG_LARGE, dtype=tl.float32)
-        l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([GROUP_PAD, BLOCK_D], dtype=tl.float32)
+        l_i = tl.full([GROUP_PAD], 0.0, tl.float32)
+    acc = tl.full([GROUP_PAD, BLOCK_D], 0.0, tl.float32)
 
     # The new token: write it to its cache row; the owner of its chunk uses it after the loop.
     kv_head_ptr = kv_cache_ptr + kv_head * stride_cache_head
@@ -157,16 +156,16 @@ def paged_decode_partial_kernel(
             s = logit_cap - 2.0 * logit_cap / (tl.exp(2.0 * s / logit_cap) + 1.0)  # cap*tanh(s/cap)
         s = tl.where(k_mask[None, :], s * LOG2E, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.reduce(s, 1, MAX_COMBINE))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.reduce(p, 1, SUM_COMBINE)
         v = tl.load(kv_ptrs + stride_cache_kv, mask=k_mask[:, None] & d_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     # key p (the new token), for the owner only: s = scale * q . k_new, same update as above
-    s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale  # [G]
+    s = tl.reduce(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1, SUM_COMBINE) * scale  # [G]
     if HAS_CAP:
         s = logit_cap - 2.0 * logit_cap / (tl.exp(2.0 * s / logit_cap) + 1.0)
     s = tl.where(is_owner, s * LOG2E, float("-inf"))
@@ -190,8 +189,7 @@ def paged_decode_partial_kernel(
         tl.store(acc_ptrs, acc, mask=store_mask)
 
 
-@triton.jit
-def paged_decode_reduce_kernel(
+def _paged_decode_reduce_kernel(
     out_ptr,
     sinks_ptr,
     part_m_ptr,
@@ -224,15 +222,15 @@ def paged_decode_reduce_kernel(
         part_acc_ptr + part[:, None].to(tl.int64) * HEAD_DIM + d[None, :], mask=acc_mask, other=0.0
     )  # [S, D]
 
-    m_max = tl.max(m, 0)
+    m_max = tl.reduce(m, 0, MAX_COMBINE)
     if HAS_SINKS:
         sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
         m_max = tl.maximum(m_max, sink)
     weight = tl.exp2(m - m_max)  # [S]; empty or padded chunks weigh 0
-    denominator = tl.sum(l * weight, 0)
+    denominator = tl.reduce(l * weight, 0, SUM_COMBINE)
     if HAS_SINKS:
         denominator += tl.exp2(sink - m_max)
-    out = tl.sum(acc * weight[:, None], 0) / denominator  # [D]
+    out = tl.reduce(acc * weight[:, None], 0, SUM_COMBINE) / denominator  # [D]
 
     token = (first_token + dseq).to(tl.int64)
     tl.store(
@@ -240,3 +238,7 @@ def paged_decode_reduce_kernel(
         out.to(out_ptr.dtype.element_ty),
         mask=d < HEAD_DIM,
     )
+
+
+paged_decode_partial_kernel = TritonKernel(_paged_decode_partial_kernel)
+paged_decode_reduce_kernel = TritonKernel(_paged_decode_reduce_kernel)

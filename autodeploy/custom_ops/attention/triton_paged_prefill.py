@@ -12,14 +12,13 @@ reaches GROUP are padding when GROUP is not a power of two).
 
 from __future__ import annotations
 
-import triton
 import triton.language as tl
 
+from .._triton_kernel import MAX_COMBINE, SUM_COMBINE, TritonKernel
 from .triton_common import LOG2E, NEG_LARGE
 
 
-@triton.jit
-def paged_prefill_kernel(
+def _paged_prefill_kernel(
     q_ptr,
     kv_cache_ptr,
     out_ptr,
@@ -111,8 +110,8 @@ def paged_prefill_kernel(
         l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     else:
         m_i = tl.full([BLOCK_M], NEG_LARGE, dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
 
     # Keys this tile can see: from (first query - window) or 0 up to its last query, inclusive.
     # (Tiles past the end of a shorter sequence get an empty range.)
@@ -155,10 +154,10 @@ def paged_prefill_kernel(
                     visible = visible & (k_pos[None, :] > q_pos[:, None] - sliding_window)
                 s = tl.where(visible, s, float("-inf"))
 
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.maximum(m_i, tl.reduce(s, 1, MAX_COMBINE))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
+            l_i = l_i * alpha + tl.reduce(p, 1, SUM_COMBINE)
             v = tl.load(kv_ptrs + stride_cache_kv, mask=k_mask[:, None] & d_mask, other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -166,3 +165,6 @@ def paged_prefill_kernel(
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # l_i == 0 only in padding rows
     o_ptrs = out_ptr + token[:, None] * stride_o_token + head[:, None] * stride_o_head + d[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask)
+
+
+paged_prefill_kernel = TritonKernel(_paged_prefill_kernel)

@@ -12,9 +12,10 @@ program normalizes one row ``x`` of ``H`` channels (the whole row sits in regist
 Face's order (normalize in float32, cast, then multiply by the weight), so fp16/bf16 results
 match the eager model's rounding, not just its math.
 
-Supported: float16 / bfloat16 / float32 inputs, hidden size up to 16384, any number of rows,
-any leading shape (rows are made contiguous in the last dim if they are not). CUDA tensors run
-compiled; CPU tensors only in the Triton interpreter (``TRITON_INTERPRET=1``, tests).
+Supported: float16 / bfloat16 / float32 inputs, hidden size up to ``TRITON_MAX_HIDDEN``
+(``backends.py``), any number of rows, any leading shape (rows are made contiguous in the last
+dim if they are not). CUDA tensors run compiled; CPU tensors only in the Triton interpreter
+(``TRITON_INTERPRET=1``, tests).
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_kernel import SUM_COMBINE, TritonKernel, next_power_of_2
-
-MAX_HIDDEN = 16384
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .backends import TRITON_DTYPES, TRITON_MAX_HIDDEN, rmsnorm_input_problem
 
 
 def _rmsnorm_rows(
@@ -71,10 +70,9 @@ def _as_rows(x: Tensor, hidden: int) -> Tensor:
 
 def _check(name: str, x: Tensor, weight: Tensor) -> int:
     hidden = x.shape[-1]
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{name}: dtype {x.dtype} is not supported (float16, bfloat16, float32).")
-    if hidden > MAX_HIDDEN:
-        raise ValueError(f"{name}: hidden size {hidden} > {MAX_HIDDEN}; use the torch backend.")
+    problem = rmsnorm_input_problem(x, TRITON_DTYPES, TRITON_MAX_HIDDEN)
+    if problem is not None:
+        raise ValueError(f"{name}: {problem}; use the torch backend.")
     if weight.shape != (hidden,):
         raise ValueError(f"{name}: weight has shape {tuple(weight.shape)}, expected ({hidden},).")
     if weight.device != x.device:

@@ -32,8 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_kernel import TritonKernel, next_power_of_2
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .backends import rope_input_problem
 
 
 def _rope_qk(
@@ -137,11 +136,9 @@ def _rope(
             f"([b, s, n, d]); got {tuple(q.shape)}, {tuple(k.shape)}, "
             f"unsqueeze_dim={unsqueeze_dim}."
         )
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype:
-        raise ValueError(
-            f"{name}: q/k dtypes {q.dtype}/{k.dtype} are not supported "
-            "(both float16, bfloat16 or float32)."
-        )
+    problem = rope_input_problem(q, k)
+    if problem is not None:
+        raise ValueError(f"{name}: {problem}.")
     head_dim, rotary_dim = q.shape[-1], cos.shape[-1]
     if k.shape[-1] != head_dim or rotary_dim % 2 or rotary_dim > head_dim or sin.shape != cos.shape:
         raise ValueError(

@@ -9,11 +9,11 @@ problem: reported in the build summary, an error in strict mode; the model then 
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field, field_validator
 
 from ....compile import CompileBackendRegistry
 from ....compile.registry import CompileBackendUnavailableError
+from ....custom_ops.backend_resolver import build_device
 from ....utils.suggest import did_you_mean
 from ...base import BaseTransform
 from ...interface import SharedConfig, TransformConfig, TransformInfo
@@ -28,8 +28,8 @@ class CompileModelConfig(TransformConfig):
     backend: str = Field(
         default="auto",
         description="Compile backend (registered name; the `compile_backend` shortcut sets it): "
-        "torch-simple, torch-compile, torch-cudagraph, torch-opt. 'auto': torch-cudagraph on "
-        "CUDA, torch-simple elsewhere.",
+        "torch-simple, torch-direct, torch-compile, torch-cudagraph, torch-opt. 'auto': "
+        "torch-cudagraph on CUDA, torch-direct on CPU.",
     )
     cuda_graph_batch_sizes: list[int] | None = Field(
         default=None,
@@ -94,7 +94,7 @@ class CompileModel(BaseTransform):
         return CompileModelConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        backend_cls = CompileBackendRegistry.get(_resolve_backend(self.config.backend, cm))
+        backend_cls = CompileBackendRegistry.get(_resolve_backend(self.config.backend, gm, cm))
         try:
             compiled = backend_cls(gm, cm, **self.config.backend_options()).compile()
         except CompileBackendUnavailableError as exc:
@@ -106,9 +106,11 @@ class CompileModel(BaseTransform):
         return compiled, TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True)
 
 
-def _resolve_backend(name: str, cm) -> str:
-    """What ``auto`` stands for: CUDA graphs on a GPU, the eager module elsewhere."""
+def _resolve_backend(name: str, gm, cm) -> str:
+    """What ``auto`` stands for: CUDA graphs on a GPU, the direct-call eager module elsewhere
+    (the device is the one every backend choice uses, ``backend_resolver.build_device``; CUDA
+    graphs need the sequence interface, so without one the module stays eager)."""
     if name != AUTO:
         return name
-    on_cuda = cm is not None and torch.device(cm.device).type == "cuda"
-    return "torch-cudagraph" if on_cuda else "torch-simple"
+    on_cuda = cm is not None and build_device(gm, cm).type == "cuda"
+    return "torch-cudagraph" if on_cuda else "torch-direct"

@@ -1,26 +1,31 @@
-"""Kernel-backend choice shared by the post_load_fusion transforms.
+"""Kernel-backend choice of the post_load_fusion transforms, through the one resolver.
 
-``backend`` of ``fuse_rmsnorm``, ``fuse_add_rms_norm`` and ``optimize_rope``:
+``backend`` of ``fuse_rmsnorm``, ``fuse_add_rms_norm`` (family ``rms_norm``) and
+``optimize_rope`` (family ``rope``) is resolved per node by
+``custom_ops.backend_resolver.resolve_backend`` on the device the graph's weights are on:
 
-- ``auto`` (default): Triton when the graph's weights are on CUDA. On any other device the
-  transform is skipped (logged with the reason): the kernels need a GPU, and the reference ops
-  are what a CPU should run.
+- ``auto`` (default): the highest-priority backend for the device that supports the node
+  (Triton on CUDA). On other devices no kernel backend is eligible: the reference ops stay
+  (logged with the reason), which is what a CPU should run.
 - ``triton`` / ``flashinfer``: asked for explicitly. The backend's ops must be registered (its
-  package installed), else the configuration is rejected. On CUDA it is used. Off CUDA the
-  transform is skipped and the build reports the problem (an error in strict mode), except
-  Triton on CPU with ``TRITON_INTERPRET=1``, which runs in the Triton interpreter (tests).
+  package installed), else the configuration is rejected. When the backend cannot run on the
+  device (Triton on CPU without ``TRITON_INTERPRET=1``, FlashInfer off CUDA) the transform is
+  skipped and the build reports the problem (an error in strict mode). A node the backend does
+  not support keeps its reference op (logged).
 - ``torch``: the reference ops (a pure graph rewrite where the transform has one).
+
+Every node's choice, with the reasons the other backends were not taken, is recorded for the
+build summary.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
+from ....custom_ops.backend_resolver import build_device, record_choices, resolve_backend
+from ....custom_ops.op_backend import AUTO, BackendRegistry
 from ....utils.logger import logger
 from ...interface import TransformInfo
 
@@ -41,65 +46,54 @@ def backend_description(torch_meaning: str, others: str = "") -> str:
 UNCHANGED = TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
 
 
-def op_registered(name: str) -> bool:
-    return hasattr(torch.ops.auto_deploy, name)
-
-
-def check_backend_installed(backend: str, needs_op: dict[str, str]) -> str:
-    """Pydantic validator body: an explicit backend must have its op registered."""
-    op = needs_op.get(backend)
-    if op is not None and not op_registered(op):
-        package = {"triton": "triton", "flashinfer": "flashinfer-python"}.get(backend, backend)
+def check_backend_installed(family: str, backend: str) -> str:
+    """Pydantic validator body: an explicit backend must be usable in this process."""
+    if backend == AUTO:
+        return backend
+    reason = BackendRegistry.get(family, backend).unavailable(None)
+    if reason is not None:
         raise ValueError(
-            f"backend {backend!r} is not available: its op auto_deploy::{op} is not registered "
-            f"(is {package!r} installed? pip install {package}). Use backend 'auto' or 'torch'."
+            f"backend {backend!r} is not available: {reason}. Use backend 'auto' or 'torch'."
         )
     return backend
 
 
-def graph_device(gm: GraphModule, cm_device: torch.device | str | None) -> torch.device:
-    """Where the graph runs: the device of its weights (``load_weights`` put them there)."""
-    for tensor in itertools.chain(gm.parameters(), gm.buffers()):
-        if tensor.device.type != "meta":
-            return tensor.device
-    return torch.device(cm_device or "cpu")
-
-
-def _triton_runs_on_cpu() -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    from ....custom_ops._triton_kernel import cpu_interpreter_enabled
-
-    return cpu_interpreter_enabled()
-
-
-def resolve_backend(
+def node_backends(
     transform: BaseTransform,
+    family: str,
     requested: str,
-    device: torch.device,
+    gm: GraphModule,
+    cm: Any,
+    nodes: list[Node],
     shared_config: SharedConfig,
-) -> str | None:
-    """The backend to use on ``device``; ``None``: leave the graph alone (reason logged)."""
-    if requested == "torch":
-        return "torch"
-    if requested == "auto":
-        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-            return "triton"
+) -> list[str | None]:
+    """The backend of each node (None: it keeps its reference op); see the module docstring."""
+    device = build_device(gm, cm)
+    if requested != AUTO:
+        reason = BackendRegistry.get(family, requested).unavailable(device)
+        if reason is not None:
+            transform.report_problem(
+                shared_config,
+                f"backend {requested!r} {_as_clause(reason)}; the reference ops stay. Use "
+                "backend 'auto' or 'torch'.",
+            )
+            return [None] * len(nodes)
+    choices = [resolve_backend(family, requested, device, node) for node in nodes]
+    record_choices(gm, choices)
+    kept = [c for c in choices if c.backend is None]
+    if kept and requested == AUTO and len(kept) == len(choices):
         logger.info(
-            "skipped: the graph runs on %s and backend 'auto' uses the fused kernels only on "
-            "CUDA (with triton installed); the reference ops stay",
+            "skipped: no %s kernel backend for the graph's device %s (%s); the reference ops stay",
+            family,
             device,
+            kept[0].reason,
         )
-        return None
-    if device.type == "cuda" or (
-        requested == "triton" and device.type == "cpu" and _triton_runs_on_cpu()
-    ):
-        return requested
-    hint = " or set TRITON_INTERPRET=1 (Triton interpreter, tests only)"
-    hint = hint if requested == "triton" else ""
-    transform.report_problem(
-        shared_config,
-        f"backend {requested!r} needs a CUDA device but the graph runs on {device}; the "
-        f"reference ops stay. Use backend 'auto' or 'torch'{hint}.",
-    )
-    return None
+    else:
+        for choice in kept:
+            logger.info("%s keeps its reference op: %s", choice.node, choice.reason)
+    return [c.backend for c in choices]
+
+
+def _as_clause(reason: str) -> str:
+    """'needs a CUDA device ...' reads after the backend name; other reasons after 'cannot'."""
+    return reason if reason.startswith("needs ") else f"cannot run here: {reason}"

@@ -9,24 +9,16 @@ import torch
 from pydantic import Field, field_validator
 from torch.fx import GraphModule, Node
 
+from ....custom_ops.op_backend import BackendRegistry
 from ...base import BaseTransform
 from ...graph_utils import is_op, node_val
 from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...pattern import propagate_meta
 from ...registry import TransformRegistry
-from ._backends import (
-    UNCHANGED,
-    backend_description,
-    check_backend_installed,
-    graph_device,
-    resolve_backend,
-)
+from ._backends import UNCHANGED, backend_description, check_backend_installed, node_backends
 
 aten = torch.ops.aten
 ad = torch.ops.auto_deploy
-
-FUSED_OPS = {"triton": "triton_fused_add_rmsnorm", "torch": "torch_fused_add_rmsnorm"}
-TRITON_MAX_HIDDEN = 16384
 
 
 def _rmsnorm_ops() -> list:
@@ -44,7 +36,7 @@ class FuseAddRMSNormConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _installed(cls, value: str) -> str:
-        return check_backend_installed(value, {"triton": FUSED_OPS["triton"]})
+        return check_backend_installed("rms_norm", value)
 
 
 def _plain_add(node: Node) -> bool:
@@ -82,9 +74,6 @@ def _fuse_one(gm: GraphModule, norm: Node, fused_op, order: dict[Node, int]) -> 
         return None
     add = norm.args[0]
     weight = norm.args[1]
-    out = node_val(add)
-    if fused_op is ad.triton_fused_add_rmsnorm.default and out.shape[-1] > TRITON_MAX_HIDDEN:
-        return None
     if isinstance(weight, Node) and not _hoist_above(weight, add, order):
         return None
     with gm.graph.inserting_after(add):  # before every user of the sum
@@ -125,16 +114,25 @@ class FuseAddRMSNorm(BaseTransform):
         return FuseAddRMSNormConfig
 
     def _apply(self, gm, cm, factory, shared_config: SharedConfig):
-        norms = [n for n in gm.graph.nodes if is_op(n, _rmsnorm_ops())]
-        if not any(isinstance(n.args[0], Node) and _plain_add(n.args[0]) for n in norms):
+        norms = [
+            n
+            for n in gm.graph.nodes
+            if is_op(n, _rmsnorm_ops()) and isinstance(n.args[0], Node) and _plain_add(n.args[0])
+        ]
+        if not norms:
             return gm, UNCHANGED
-        device = graph_device(gm, cm.device if cm is not None else None)
-        backend = resolve_backend(self, self.config.backend, device, shared_config)
-        if backend is None:
-            return gm, UNCHANGED
-        fused_op = getattr(ad, FUSED_OPS[backend]).default
+        backends = node_backends(
+            self, "rms_norm", self.config.backend, gm, cm, norms, shared_config
+        )
         fused, shapes_valid = 0, True
-        for norm in norms:
+        for norm, backend in zip(norms, backends):
+            fused_op = (
+                BackendRegistry.get("rms_norm", backend).op("fused_add_rmsnorm")
+                if backend
+                else None
+            )
+            if fused_op is None:
+                continue
             order = {n: i for i, n in enumerate(gm.graph.nodes)}
             result = _fuse_one(gm, norm, fused_op, order)
             if result is not None:

@@ -7,34 +7,15 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from ....custom_ops.op_backend import BackendRegistry
 from ....utils.logger import logger
 from ...base import BaseTransform
-from ...graph_utils import find_nodes, node_val
+from ...graph_utils import find_nodes
 from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
-from ._backends import (
-    UNCHANGED,
-    backend_description,
-    check_backend_installed,
-    graph_device,
-    resolve_backend,
-)
+from ._backends import UNCHANGED, backend_description, check_backend_installed, node_backends
 
 ad = torch.ops.auto_deploy
-
-KERNEL_OPS = {"triton": "triton_rmsnorm", "flashinfer": "flashinfer_rmsnorm"}
-TRITON_MAX_HIDDEN = 16384  # one row per program (custom_ops/rms_norm/triton_backend.py)
-
-
-def _unsupported(backend: str, x: object) -> str | None:
-    """Why the backend's kernel cannot take this input (None: it can)."""
-    if not isinstance(x, torch.Tensor):
-        return None  # no shape information: the kernel checks at run time
-    if backend == "triton" and x.shape[-1] > TRITON_MAX_HIDDEN:
-        return f"hidden size {x.shape[-1]} > {TRITON_MAX_HIDDEN}"
-    if backend == "flashinfer" and x.dtype not in (torch.float16, torch.bfloat16):
-        return f"FlashInfer normalizes float16/bfloat16, not {x.dtype}"
-    return None
 
 
 class FuseRMSNormConfig(TransformConfig):
@@ -48,7 +29,7 @@ class FuseRMSNormConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _installed(cls, value: str) -> str:
-        return check_backend_installed(value, KERNEL_OPS)
+        return check_backend_installed("rms_norm", value)
 
 
 @TransformRegistry.register("fuse_rmsnorm")
@@ -57,8 +38,8 @@ class FuseRMSNorm(BaseTransform):
 
     before: ``out = auto_deploy.torch_rmsnorm(x, weight, eps)``
     after:  ``out = auto_deploy.triton_rmsnorm(x, weight, eps)`` (or ``flashinfer_rmsnorm``)
-    Norms the kernel cannot take (Triton: hidden size > 16384; FlashInfer: float32) keep the
-    reference op.
+    Norms the backend's ``supports`` refuses (Triton: hidden size over its limit; FlashInfer:
+    float32) keep the reference op.
     ``backend: torch`` leaves the graph as it is.
     """
 
@@ -72,21 +53,18 @@ class FuseRMSNorm(BaseTransform):
         nodes = find_nodes(gm, ad.torch_rmsnorm)
         if not nodes:
             return gm, UNCHANGED
-        device = graph_device(gm, cm.device if cm is not None else None)
-        backend = resolve_backend(self, self.config.backend, device, shared_config)
-        if backend is None or backend == "torch":
-            return gm, UNCHANGED
-        kernel = getattr(ad, KERNEL_OPS[backend]).default
+        backends = node_backends(
+            self, "rms_norm", self.config.backend, gm, cm, nodes, shared_config
+        )
         swapped = 0
-        for node in nodes:
-            reason = _unsupported(backend, node_val(node.args[0]))
-            if reason is not None:
-                logger.info("%s keeps torch_rmsnorm: %s", node.name, reason)
+        for node, backend in zip(nodes, backends):
+            if backend is None or backend == "torch":
                 continue
-            node.target = kernel  # same arguments and outputs; the fake value stays valid
+            # same arguments and outputs; the fake value stays valid
+            node.target = BackendRegistry.get("rms_norm", backend).op("rmsnorm")
             swapped += 1
         if swapped < len(nodes):
-            logger.info("%d of %d RMSNorm ops now run %s", swapped, len(nodes), backend)
+            logger.info("%d of %d RMSNorm ops now run a kernel backend", swapped, len(nodes))
         # is_clean=False: the generated code must be regenerated for the new targets.
         return gm, TransformInfo(
             skipped=swapped == 0,

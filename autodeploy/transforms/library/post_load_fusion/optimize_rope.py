@@ -9,19 +9,15 @@ from pydantic import Field, field_validator
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ....custom_ops.backend_resolver import build_device
+from ....custom_ops.op_backend import BackendRegistry
 from ....utils.logger import logger
 from ...base import BaseTransform
 from ...graph_utils import find_nodes, node_val, placeholders
 from ...interface import SharedConfig, TransformConfig, TransformInfo
 from ...pattern import bound_args, propagate_meta
 from ...registry import TransformRegistry
-from ._backends import (
-    UNCHANGED,
-    backend_description,
-    check_backend_installed,
-    graph_device,
-    resolve_backend,
-)
+from ._backends import UNCHANGED, backend_description, check_backend_installed, node_backends
 
 ad = torch.ops.auto_deploy
 
@@ -41,7 +37,7 @@ class OptimizeRopeConfig(TransformConfig):
     @field_validator("backend")
     @classmethod
     def _installed(cls, value: str) -> str:
-        return check_backend_installed(value, {"triton": "triton_rope_with_cos_sin_cache"})
+        return check_backend_installed("rope", value)
 
 
 def _cos_sin_program(
@@ -190,19 +186,23 @@ class OptimizeRope(BaseTransform):
             )
         if not nodes:
             return gm, UNCHANGED
-        device = graph_device(gm, cm.device if cm is not None else None)
-        backend = resolve_backend(self, self.config.backend, device, shared_config)
-        if backend is None or (backend == "torch" and not self.config.cos_sin_cache):
+        backends = node_backends(self, "rope", self.config.backend, gm, cm, nodes, shared_config)
+        if all(b is None or (b == "torch" and not self.config.cos_sin_cache) for b in backends):
             return gm, UNCHANGED
         position_ids = next((p for p in placeholders(gm) if p.target == "position_ids"), None)
         num_positions = cm.info.max_seq_len if cm is not None else None
         tables = _Tables(
-            gm, position_ids if self.config.cos_sin_cache else None, num_positions, device
+            gm,
+            position_ids if self.config.cos_sin_cache else None,
+            num_positions,
+            build_device(gm, cm),
         )
-        cache_op = getattr(ad, f"{backend}_rope_with_cos_sin_cache").default
-        explicit_op = getattr(ad, f"{backend}_rope_with_explicit_cos_sin").default
         new_nodes, rewritten = [], 0
-        for node in nodes:
+        for node, backend in zip(nodes, backends):
+            if backend is None:
+                continue
+            ops = BackendRegistry.get("rope", backend)
+            cache_op, explicit_op = ops.op("cos_sin_cache"), ops.op("explicit_cos_sin")
             args = bound_args(node)
             found = (
                 tables.get(args["cos"], args["sin"])
