@@ -22,6 +22,9 @@ The three request types run on autodeploy's runtime:
   to ``max_gen_toks`` tokens; stops at the ``until`` strings and end of sequence; the text is cut
   at the first stop string, as lm-eval's Hugging Face model does.
 
+On CPU the build uses ``compile_backend: torch-simple`` unless ``--model_args`` names one (the
+CPU default ``torch-direct`` does not give per-token logits for ``prompt_logprobs`` yet).
+
 ``max_length`` (the longest scored sequence) is ``max_seq_len - 2``: a scored sequence of
 ``max_length + 1`` tokens is one prompt, plus one sampled token.
 """
@@ -42,6 +45,7 @@ from lm_eval.models.utils import (
 )
 
 from ..utils.errors import ConfigError
+from ..utils.logger import logger
 from .prompt_scoring import score_prompts
 
 MODEL_NAME = "autodeploy"
@@ -66,6 +70,19 @@ def settings_from_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _prefer_scoring_backend(settings: dict[str, Any]) -> None:
+    """On CPU, build with ``torch-simple`` unless the caller chose a compile backend: the CPU
+    default ``torch-direct`` rewrites the logit-gather op, so the engine cannot make the
+    all-token model that ``prompt_logprobs`` needs (``score_prompts`` would refuse the result)."""
+    import torch
+
+    device = str(settings.get("device", "auto"))
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and "compile_backend" not in settings:
+        settings["compile_backend"] = "torch-simple"
+        logger.info("lm-eval on CPU: compile_backend torch-simple (prompt_logprobs needs it)")
+
+
 @register_model(MODEL_NAME)
 class AutoDeployLM(TemplateLM):
     """lm-eval model backed by ``autodeploy.LLM`` (see the module docstring)."""
@@ -77,6 +94,7 @@ class AutoDeployLM(TemplateLM):
         settings = settings_from_model_args(model_args)
         if device is not None:
             settings.setdefault("device", device)
+        _prefer_scoring_backend(settings)
         self.llm = LLM(**settings)
         self.tokenizer = self.llm.tokenizer
         if self.tokenizer is None:
