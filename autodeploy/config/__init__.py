@@ -2,7 +2,9 @@
 
 Layers, lowest to highest: default.yaml -> registry layers -> yaml_extra files -> AUTODEPLOY_*
 environment -> keyword arguments -> command line. See ``layers.py`` for the merge rules,
-``shortcuts.py`` for attn_backend/compile_backend, ``cli.py`` for the override syntax.
+``shortcuts.py`` for attn_backend/compile_backend, ``cli.py`` for the override syntax,
+``experiment.py`` for build_and_run's args / prompt / benchmark files, ``upstream.py`` for keys
+written for TensorRT-LLM AutoDeploy.
 """
 
 from .cli import cli_help_text, parse_cli

@@ -216,8 +216,13 @@ def build_layers(
     kwargs: Mapping[str, Any] | None = None,
     cli: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    experiment: Iterable[Layer] = (),
 ) -> list[Layer]:
-    """All layers, lowest first, for a settings class ``schema`` (e.g. ``LlmArgs``)."""
+    """All layers, lowest first, for a settings class ``schema`` (e.g. ``LlmArgs``).
+
+    ``experiment``: layers from experiment-level files (``build_and_run --yaml-extra``), placed
+    just above the ``yaml_extra`` files (see ``experiment.py``).
+    """
     environ = os.environ if environ is None else environ
     top = env_layers(schema, environ)
     if kwargs:
@@ -225,7 +230,7 @@ def build_layers(
     if cli:
         top.append(Layer("cli", to_plain(dict(cli))))
     base = [default_yaml_layer()]
-    extra = yaml_extra_layers(top)
+    extra = [*yaml_extra_layers(top), *experiment]
     ctx = LayerContext(schema=schema, layers=[*base, *extra, *top])
     middle = [layer for builder in INTERMEDIATE_LAYER_BUILDERS for layer in builder(ctx)]
     return [*base, *middle, *extra, *top]

@@ -64,11 +64,23 @@ def format_resolved_config(
         if values.get(key):
             header.append(f"# {key} (not repeated below): {dump_yaml_value(values[key])}")
         values.pop(key, None)
+    notes = args.upstream_notes()
+    if notes:
+        from .upstream import format_upstream_notes
+
+        header.append("# Upstream (TensorRT-LLM AutoDeploy) keys:")
+        header += [f"#   {line}" for line in format_upstream_notes(notes)]
+    return "\n".join(header) + "\n" + format_values_with_sources(values, sources)
+
+
+def format_values_with_sources(values: dict[str, Any], sources: dict[str, str]) -> str:
+    """Nested ``values`` as YAML with a ``# <source>`` comment after every leaf
+    (``sources``: dotted path -> source; missing paths show "default")."""
     body: list[tuple[str, str]] = []
     _yaml_lines(values, (), sources, body)
     width = max((len(text) for text, comment in body if comment), default=0)
     lines = [f"{text.ljust(width)}  # {comment}" if comment else text for text, comment in body]
-    return "\n".join(header + lines) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def _yaml_lines(

@@ -6,6 +6,11 @@
 says which layer set each value. ``LlmArgs.model_validate(data)`` (and LlmArgs as a field of
 another model) goes through the same ``__init__``: ``data`` is the keyword-argument layer.
 
+Keys written for TensorRT-LLM AutoDeploy are translated in every layer before the merge
+(``upstream.py``: mapped onto ours, or reported as not used; an error with ``strict``);
+``args.upstream_notes()`` lists them. ``LlmArgs.from_cli(cli, experiment_layers)`` also takes
+the ``args`` sections of experiment files (``experiment.py``).
+
 Derived values: ``max_num_tokens=None`` becomes ``max(max_seq_len, 2048)`` (provenance
 "derived"); the shortcuts ``attn_backend``/``compile_backend`` are synced with their transforms
 (see ``shortcuts.py``).
@@ -32,10 +37,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ..utils.devices import check_device_available
 from ..utils.errors import ConfigError
 from ..utils.suggest import did_you_mean
-from .layers import Provenance, build_layers, iter_leaves, merge_layers, normalize_path_list
+from .layers import Layer, Provenance, build_layers, iter_leaves, merge_layers, normalize_path_list
 from .model_registry import register_registry_layers
 from .shortcuts import apply_shortcuts, fill_from_defaults
 from .source_checks import check_tokenizer_source, warn_remote_code
+from .upstream import UpstreamNote, format_upstream_notes, translate_layers
 from .validation import (
     annotate_transform_error,
     check_top_level_keys,
@@ -44,6 +50,7 @@ from .validation import (
 
 DEFAULT_MAX_NUM_TOKENS = 2048
 _CLI_KEY = "_cli_overrides"
+_EXPERIMENT_KEY = "_experiment_layers"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 # The provenance of the LlmArgs being built; set by __init__ around pydantic's validation.
 _BUILDING: contextvars.ContextVar[Provenance | None] = contextvars.ContextVar(
@@ -143,8 +150,14 @@ class LlmArgs(BaseSettings):
     max_num_tokens: int | None = Field(
         default=None,
         ge=1,
-        description="Most tokens in one step (all sequences together); at least max_seq_len. "
-        f"None means max(max_seq_len, {DEFAULT_MAX_NUM_TOKENS}).",
+        description="Most tokens in one step (all sequences together); at least max_seq_len "
+        f"unless enable_chunked_prefill. None means max(max_seq_len, {DEFAULT_MAX_NUM_TOKENS}).",
+    )
+    enable_chunked_prefill: bool = Field(
+        default=False,
+        description="Allow a step budget (max_num_tokens) smaller than max_seq_len: a longer "
+        "prompt is prefilled over several steps. Off, the budget must hold a longest prompt; "
+        "the scheduler still splits a prompt when several share one step's budget.",
     )
     max_waiting_requests: int | None = Field(
         default=None,
@@ -201,10 +214,13 @@ class LlmArgs(BaseSettings):
 
     _provenance: Provenance | None = PrivateAttr(default=None)
     _layer_sources: list[str] = PrivateAttr(default_factory=list)
+    _upstream_notes: list[UpstreamNote] = PrivateAttr(default_factory=list)
 
     def __init__(self, **kwargs: Any) -> None:
         cli = kwargs.pop(_CLI_KEY, None)
-        layers = build_layers(type(self), kwargs, cli)
+        experiment = kwargs.pop(_EXPERIMENT_KEY, ())
+        layers = build_layers(type(self), kwargs, cli, experiment=experiment)
+        layers, notes = translate_layers(layers, type(self).model_fields)
         merged, provenance = merge_layers(layers)
         check_top_level_keys(merged, provenance, type(self))
         token = _BUILDING.set(provenance)
@@ -216,12 +232,27 @@ class LlmArgs(BaseSettings):
             _BUILDING.reset(token)
         self._provenance = provenance
         self._layer_sources = [layer.source for layer in layers]
+        self._upstream_notes = notes
+        unused = [note for note in notes if not note.used]
+        if self.strict and unused:
+            raise ConfigError(
+                "strict=True: settings written for TensorRT-LLM AutoDeploy that autodeploy does "
+                "not use (remove them, or turn strict off to have them reported only):\n  "
+                + "\n  ".join(format_upstream_notes(unused))
+            )
 
     @classmethod
-    def from_cli(cls, cli_overrides: dict[str, Any] | None = None, **kwargs: Any) -> LlmArgs:
+    def from_cli(
+        cls,
+        cli_overrides: dict[str, Any] | None = None,
+        experiment_layers: list[Layer] | None = None,
+        **kwargs: Any,
+    ) -> LlmArgs:
         """Like ``LlmArgs(**kwargs)`` with the command-line overrides (``parse_cli(...)["args"]``)
-        as the highest layer, recorded as "cli"."""
-        return cls(**kwargs, **{_CLI_KEY: dict(cli_overrides or {})})
+        as the highest layer, recorded as "cli". ``experiment_layers``: the ``args`` sections
+        of experiment files (``experiment.py``), just above the ``yaml_extra`` files."""
+        extra = {_EXPERIMENT_KEY: list(experiment_layers or [])}
+        return cls(**kwargs, **{_CLI_KEY: dict(cli_overrides or {})}, **extra)
 
     @classmethod
     def settings_customise_sources(
@@ -306,13 +337,15 @@ class LlmArgs(BaseSettings):
         if self.max_num_tokens is None:
             self.max_num_tokens = max(self.max_seq_len, DEFAULT_MAX_NUM_TOKENS)
             provenance.set(("max_num_tokens",), "derived")
-        elif self.max_num_tokens < self.max_seq_len:
+        elif self.max_num_tokens < self.max_seq_len and not self.enable_chunked_prefill:
             where = provenance.describe(("max_num_tokens",))
             raise ConfigError(
                 f"max_num_tokens={self.max_num_tokens}{where} is smaller than max_seq_len="
                 f"{self.max_seq_len}{provenance.describe(('max_seq_len',))}: a prompt of the "
                 f"longest allowed length must fit into one step. Raise max_num_tokens to at "
-                f"least {self.max_seq_len}, lower max_seq_len, or leave max_num_tokens unset."
+                f"least {self.max_seq_len}, lower max_seq_len, leave max_num_tokens unset, or set "
+                "enable_chunked_prefill: true (a long prompt is then prefilled over several "
+                "steps)."
             )
 
     def _resolve_transforms(self, provenance: Provenance) -> None:
@@ -360,6 +393,10 @@ class LlmArgs(BaseSettings):
             ".".join(str(p) for p in path): recorded.source(path) or "default"
             for path, _ in iter_leaves(self.to_dict())
         }
+
+    def upstream_notes(self) -> list[UpstreamNote]:
+        """Upstream (TensorRT-LLM AutoDeploy) keys met in the layers: mapped or not used."""
+        return list(self._upstream_notes)
 
     def layer_sources(self) -> list[str]:
         """The layers that were applied, lowest first."""

@@ -103,6 +103,7 @@ def build_from_args(args: LlmArgs, rank: int = 0, local_rank: int | None = None)
         resolved_config=args.to_dict(),
     )
     model = optimizer(cm)
+    report_upstream_keys(args)
     if cm.num_pages is None:
         raise BuildError(
             "The build finished without allocating the KV cache (cm.num_pages is unset): the "
@@ -127,6 +128,15 @@ def build_from_args(args: LlmArgs, rank: int = 0, local_rank: int | None = None)
         eos_token_ids=eos,
         build_time_s=time.perf_counter() - start,
     )
+
+
+def report_upstream_keys(args: LlmArgs) -> None:
+    """Upstream (TensorRT-LLM) keys of the configuration, once, with the build summary."""
+    for note in args.upstream_notes():
+        if note.used:
+            logger.info("build summary: %s", note.describe())
+        else:
+            logger.warning("build summary: %s", note.describe())
 
 
 def eos_token_ids(factory: Any, tokenizer: Any | None) -> list[int]:

@@ -13,15 +13,23 @@
 Options: every ``LlmArgs`` setting as ``--<setting>`` or ``--args.<setting>[.<key>...]`` (see
 ``autodeploy/config/cli.py`` for the syntax), plus
 
-- ``--prompt.batch-size N`` (default 2): how many prompts; ``--prompt.queries`` (a string or a
-  list; default: built-in example prompts) is cycled or cut to the batch size;
+- ``--yaml-extra A.yaml B.yaml``: experiment files (``autodeploy/config/experiment.py``), deep-
+  merged in order: sections ``args`` / ``prompt`` / ``benchmark`` (and ``model``, ``dry_run``),
+  or a plain LlmArgs file (= its ``args``). ``--args.yaml-extra C.yaml`` files are LlmArgs'
+  own ``yaml_extra`` files. Both are read; precedence, highest first: command line, environment,
+  experiment files, args.yaml_extra files, registry, default.yaml;
+
+- ``--prompt.batch-size N`` (default 2): how many prompts; ``--prompt.queries`` (a string, a
+  list of strings, token-id lists such as ``[[1,2,3],[4,5]]``, or one token-id list ``[1,2,3]``;
+  default: built-in example prompts) is cycled or cut to the batch size;
   ``--prompt.sp-kwargs.<field>``: ``SamplingParams`` fields (default max_tokens=32, greedy).
 - ``--benchmark.enabled``, ``.isl`` (input tokens), ``.osl`` (output tokens), ``.bs``
   (concurrent requests), ``.num`` (timed repetitions, after one warm-up), ``.results-path``
   (JSON written there; ``null`` to skip). Random prompt ids, ``ignore_eos``, greedy.
   ``max_seq_len`` is raised to ``isl + osl`` (and ``max_batch_size`` to ``bs``) unless set
   explicitly.
-- ``--dry-run``: print the resolved configuration with the source of every value, and exit.
+- ``--dry-run``: print the resolved configuration (args, prompt, benchmark) with the source of
+  every value and the upstream keys that were mapped or are not used, and exit.
 
 Exit status (the rule of every tool, ``autodeploy/utils/exit_codes.py``): 0 success; 2 bad input
 or configuration, including a prompt that failed (e.g. longer than ``max_seq_len``); 1 an
@@ -30,17 +38,22 @@ internal error; 141 when the output pipe is closed.
 
 from __future__ import annotations
 
-import itertools
 import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from ..config import LlmArgs, cli_help_text, parse_cli, print_resolved_config
+from ..config import Layer, LlmArgs, cli_help_text, parse_cli, print_resolved_config
+from ..config.experiment import (
+    BenchmarkConfig,
+    PromptConfig,
+    load_experiment_file,
+    resolve_sections,
+)
+from ..config.report import format_values_with_sources
 from ..utils.errors import ConfigError
 from ..utils.exit_codes import EXIT_BAD_INPUT, EXIT_OK, tool_main
 from ..utils.logger import logger
@@ -49,79 +62,6 @@ from ..utils.suggest import close_matches
 PROG = "python -m autodeploy.tools.build_and_run"
 GROUPS = ("prompt", "benchmark")
 FLAGS = ("dry_run",)
-
-DEFAULT_QUERIES = [
-    "How big is the universe? ",
-    "In simple words and a single sentence, explain the concept of gravity: ",
-    "How to fix slicing in golf? ",
-    "Where is the capital of Iceland? ",
-    "What are the three primary colors? ",
-    "Write a haiku about the sea: ",
-    "The quickest way to learn a language is ",
-    "Once upon a time, in a small village, ",
-]
-DEFAULT_SP_KWARGS: dict[str, Any] = {"max_tokens": 32, "temperature": 0.0}
-
-
-class PromptConfig(BaseModel):
-    """``--prompt.*``: what to generate for."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    batch_size: int = Field(default=2, ge=1, description="Number of prompts.")
-    queries: list[str] | None = Field(
-        default=None, description="Prompts, cycled or cut to batch_size (default: built-in)."
-    )
-    sp_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description=f"SamplingParams fields over the defaults {DEFAULT_SP_KWARGS}.",
-    )
-
-    @field_validator("queries", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    def prompts(self) -> list[str]:
-        source = self.queries or DEFAULT_QUERIES
-        return list(itertools.islice(itertools.cycle(source), self.batch_size))
-
-    def sampling_kwargs(self) -> dict[str, Any]:
-        return {**DEFAULT_SP_KWARGS, **self.sp_kwargs}
-
-
-class BenchmarkConfig(BaseModel):
-    """``--benchmark.*``: a timed run on random prompts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=False, description="Run the benchmark after the prompts.")
-    num: int = Field(default=10, ge=1, description="Timed repetitions (after one warm-up).")
-    isl: int = Field(default=2048, ge=1, description="Input sequence length (tokens).")
-    osl: int = Field(default=128, ge=1, description="Output sequence length (tokens).")
-    bs: int = Field(default=1, ge=1, description="Concurrent requests per repetition.")
-    results_path: str | None = Field(
-        default="benchmark_results.json", description="Where to write the JSON (null: nowhere)."
-    )
-
-
-def _group_config(model: type[BaseModel], values: dict[str, Any], group: str) -> Any:
-    unknown = [key for key in values if key not in model.model_fields]
-    if unknown:
-        key = unknown[0]
-        raise ConfigError(
-            f"Unknown option '--{group}.{key.replace('_', '-')}'."
-            f"{_kebab_hint(key, model.model_fields, '--' + group + '.')} Known: "
-            f"{', '.join('--' + group + '.' + k.replace('_', '-') for k in model.model_fields)}."
-        )
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{group}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"Invalid {group} options: {problems}.") from None
 
 
 def _kebab_hint(key: str, names: Any, prefix: str) -> str:
@@ -145,30 +85,100 @@ def _sampling_params(kwargs: dict[str, Any]) -> Any:
     return SamplingParams(**kwargs)
 
 
+def split_experiment_files(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take the top-level ``--yaml-extra`` files (experiment files) out of ``argv``.
+
+    ``--args.yaml-extra`` stays in the rest: those are LlmArgs yaml_extra files.
+    """
+    files: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        name, has_inline, inline = token.partition("=")
+        index += 1
+        if name not in ("--yaml-extra", "--yaml_extra"):
+            rest.append(token)
+            continue
+        if has_inline:
+            files.append(inline)
+            continue
+        start = index
+        while index < len(argv) and not argv[index].startswith("--"):
+            files.append(argv[index])
+            index += 1
+        if index == start:
+            raise ConfigError("--yaml-extra needs at least one file.")
+    return files, rest
+
+
 def resolve(argv: list[str] | None) -> tuple[LlmArgs, PromptConfig, BenchmarkConfig, bool]:
     """Parse and validate everything (no model is built)."""
-    parsed = parse_cli(argv, groups=GROUPS, flags=FLAGS)
-    prompt = _group_config(PromptConfig, parsed.get("prompt", {}), "prompt")
-    bench = _group_config(BenchmarkConfig, parsed.get("benchmark", {}), "benchmark")
+    experiment = resolve_experiment(argv)
+    return experiment.args, experiment.prompt, experiment.benchmark, experiment.dry_run
+
+
+@dataclass
+class Experiment:
+    """Everything one run uses, with the sources of the prompt / benchmark values."""
+
+    args: LlmArgs
+    prompt: PromptConfig
+    benchmark: BenchmarkConfig
+    dry_run: bool
+    section_sources: dict[str, str]
+
+
+def resolve_experiment(argv: list[str] | None) -> Experiment:
+    """The experiment of a command line (see autodeploy/config/experiment.py)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_names, rest = split_experiment_files(argv)
+    parsed = parse_cli(rest, groups=GROUPS, flags=FLAGS)
+    files = [load_experiment_file(name) for name in file_names]
+    sections = resolve_sections(files, parsed)
+    prompt, bench = sections.prompt, sections.benchmark
     _sampling_params(prompt.sampling_kwargs())  # fail early on bad sampling options
     cli_args = dict(parsed.get("args", {}))
-    args = LlmArgs.from_cli(cli_args)
+    layers = [f.args for f in files]
+    args = LlmArgs.from_cli(cli_args, experiment_layers=layers)
     if bench.enabled:
         raised = {}
-        if args.max_seq_len < bench.isl + bench.osl and "max_seq_len" not in cli_args:
+        explicit = args.provenance()
+        if args.max_seq_len < bench.isl + bench.osl and not _explicit(explicit, "max_seq_len"):
             raised["max_seq_len"] = bench.isl + bench.osl
-        if args.max_batch_size < bench.bs and "max_batch_size" not in cli_args:
+        if args.max_batch_size < bench.bs and not _explicit(explicit, "max_batch_size"):
             raised["max_batch_size"] = bench.bs
         if raised:
             logger.info("raised for the benchmark: %s", raised)
-            args = LlmArgs.from_cli({**cli_args, **raised})
+            layers.append(Layer("benchmark", raised))
+            args = LlmArgs.from_cli(cli_args, experiment_layers=layers)
         if args.max_seq_len < bench.isl + bench.osl:
             raise ConfigError(
                 f"The benchmark needs isl + osl = {bench.isl + bench.osl} tokens per sequence "
-                f"but --args.max-seq-len={args.max_seq_len} was set explicitly. Raise it or "
-                "lower --benchmark.isl / --benchmark.osl."
+                f"but max_seq_len={args.max_seq_len} was set explicitly (by "
+                f"{args.provenance()['max_seq_len']}). Raise it or lower --benchmark.isl / "
+                "--benchmark.osl."
             )
-    return args, prompt, bench, bool(parsed.get("dry_run"))
+    return Experiment(args, prompt, bench, sections.dry_run, sections.sources)
+
+
+def _explicit(sources: dict[str, str], key: str) -> bool:
+    """Set by the user (a file, the environment, the command line), not by a default."""
+    source = sources.get(key, "default")
+    return source not in ("default", "default.yaml", "derived") and not source.startswith(
+        "registry:"
+    )
+
+
+def print_experiment(experiment: Experiment) -> None:
+    """``--dry-run``: every value of every section with the file (or default) that set it."""
+    print("# args:")
+    print_resolved_config(experiment.args)
+    sections = {
+        "prompt": experiment.prompt.model_dump(),
+        "benchmark": experiment.benchmark.model_dump(),
+    }
+    print(format_values_with_sources(sections, experiment.section_sources), end="")
 
 
 def run_benchmark(llm: Any, cfg: BenchmarkConfig) -> dict[str, Any]:
@@ -231,11 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(f"usage: {PROG} [options]\n\n{__doc__}\n{cli_help_text(GROUPS, FLAGS)}")
         return EXIT_OK
-    args, prompt_cfg, bench_cfg, dry_run = resolve(argv)
-    if dry_run:
-        print_resolved_config(args)
-        print(f"# prompt: {prompt_cfg.model_dump()}")
-        print(f"# benchmark: {bench_cfg.model_dump()}")
+    experiment = resolve_experiment(argv)
+    args, prompt_cfg, bench_cfg = experiment.args, experiment.prompt, experiment.benchmark
+    if experiment.dry_run:
+        print_experiment(experiment)
         return EXIT_OK
 
     from ..runtime.llm import LLM
@@ -243,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with LLM.from_args(args) as llm:
         logger.info("build done in %.1f s", time.perf_counter() - start)
-        outputs = llm.generate(prompt_cfg.prompts(), _sampling_params(prompt_cfg.sampling_kwargs()))
-        failed = print_outputs(outputs)
+        queries = prompt_cfg.prompts()
+        outputs = llm.generate(queries, _sampling_params(prompt_cfg.sampling_kwargs()))
+        failed = print_outputs(outputs, queries)
         if bench_cfg.enabled:
             results = run_benchmark(llm, bench_cfg)
             print(json.dumps(results, indent=2))
@@ -262,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def print_outputs(outputs: list[Any]) -> int:
+def print_outputs(outputs: list[Any], queries: list[Any]) -> int:
     """Print every prompt and completion; return how many prompts failed."""
     failed = 0
     for index, output in enumerate(outputs):
         completion = output.outputs[0]
-        print(f"[{index}] prompt: {output.prompt!r}")
+        shown = output.prompt if output.prompt is not None else queries[index]
+        print(f"[{index}] prompt: {shown!r}")
         print(
             f"[{index}] output: {completion.text!r} ({len(completion.token_ids)} "
             f"generated tokens, {completion.finish_reason})"

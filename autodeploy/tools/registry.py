@@ -6,7 +6,7 @@
     python -m autodeploy.tools.registry show NAME [--config-id ID]
     python -m autodeploy.tools.registry resolve NAME_OR_PATH [--config-id ID] [--strict]
         [--table] [LlmArgs overrides: --world-size 1 --args.max-seq-len=4096 ...]
-    python -m autodeploy.tools.registry check
+    python -m autodeploy.tools.registry check [--json]
 
 - ``list``: every entry: name, config_id, world size, files, enabled or why not;
 - ``show``: an entry (every variant of the name without ``--config-id``): files and their
@@ -17,7 +17,12 @@
   every value. Extra options are LlmArgs overrides (as in build_and_run), to see how they
   combine with the registry;
 - ``check``: the deep check (every entry composes into a valid configuration; architecture
-  patterns name real config attributes).
+  patterns name real config attributes). ``--json``: one record per entry, ``{name,
+  config_id, ok, error, not_used}`` (``error`` says what is missing; ``not_used``: upstream
+  keys the entry sets that autodeploy does not use).
+
+The registry may be in autodeploy's format (version 1) or upstream AutoDeploy's (version
+'2.0', e.g. TensorRT-LLM's ``examples/auto_deploy/model_registry``): ``--registry-dir DIR``.
 
 ``--registry-dir DIR`` (any command) reads another registry (a directory with models.yaml and
 configs/). Exit status: 0 success, 1 no entry matches (``resolve``) or problems found
@@ -27,6 +32,7 @@ configs/). Exit status: 0 success, 1 no entry matches (``resolve``) or problems 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -45,7 +51,8 @@ from ..config.model_registry import (
     select_entry,
 )
 from ..config.model_registry.loader import registry_dir
-from ..config.model_registry.validation import check_registry
+from ..config.model_registry.validation import check_entries, check_registry
+from ..config.upstream import translate_layers
 from ..config.yaml_loader import dump_yaml_value
 from ..utils.errors import ConfigError
 from ..utils.exit_codes import tool_main
@@ -69,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _show(registry, opts.name, opts.config_id)
             if opts.command == "resolve":
                 return _resolve(registry, opts, rest)
-            return _check(registry)
+            return _check(registry, opts.json)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("--config-id", help="the variant (default: 'default')")
     resolve.add_argument("--strict", action="store_true", help="strict_registry=True")
     resolve.add_argument("--table", action="store_true", help="merged config as a table")
-    commands.add_parser("check", help="deep check: every entry composes")
+    check = commands.add_parser("check", help="deep check: every entry composes")
+    check.add_argument("--json", action="store_true", help="one JSON record per entry")
     for sub in (listing, show, resolve, commands.choices["check"]):
         sub.add_argument("--registry-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -124,7 +132,7 @@ def _list(registry: Registry, only_enabled: bool, only_disabled: bool) -> int:
                 entry.config_id,
                 str(_world_size(registry, entry)),
                 "yes" if entry.architecture else "-",
-                ", ".join(f.removesuffix(".yaml") for f in entry.yaml_extra),
+                ", ".join(f.removesuffix(".yaml") for f in entry.files),
                 "enabled" if entry.enabled else f"disabled: {entry.disabled_reason}",
             )
         )
@@ -137,8 +145,15 @@ def _list(registry: Registry, only_enabled: bool, only_disabled: bool) -> int:
     return 0
 
 
-def _world_size(registry: Registry, entry: RegistryEntry) -> int:
-    merged, _ = merge_layers([registry.fragment_layer(f) for f in entry.yaml_extra])
+def _world_size(registry: Registry, entry: RegistryEntry) -> int | str:
+    if entry.world_size is not None:
+        return entry.world_size
+    try:
+        layers = [registry.fragment_layer(f) for f in entry.files]
+    except ConfigError:
+        return "?"  # a file the entry cannot use (``check`` says why)
+    layers, _ = translate_layers(layers, LlmArgs.model_fields)  # tensor_parallel_size
+    merged, _ = merge_layers(layers)
     return merged.get("world_size", LlmArgs.model_fields["world_size"].default)
 
 
@@ -164,7 +179,7 @@ def _show(registry: Registry, name: str, config_id: str | None) -> int:
         print(f"{entry.name}  [config_id: {entry.config_id}]  ({registry.where(entry)})")
         status = "enabled" if entry.enabled else f"disabled: {entry.disabled_reason}"
         print(f"  status:       {status}")
-        print(f"  yaml_extra:   {', '.join(entry.yaml_extra)}")
+        print(f"  yaml_extra:   {', '.join(entry.files)}")
         if entry.architecture is not None:
             pattern = entry.architecture
             print(f"  architecture: {pattern.describe()} (specificity {pattern.specificity})")
@@ -174,12 +189,13 @@ def _show(registry: Registry, name: str, config_id: str | None) -> int:
             print("  deployments:")
             for deployment in entry.deployments:
                 print(f"    {deployment.describe()}")
-        for world_size, settings in entry.device_settings.items():
-            values = settings.model_dump(exclude_defaults=True)
-            shown = ", ".join(f"{k}={dump_yaml_value(v)}" for k, v in values.items())
-            print(f"  device_settings[world_size={world_size}]: {shown}")
+        for world_size, variants in entry.device_settings.items():
+            for settings in variants:
+                values = settings.model_dump(exclude_defaults=True)
+                shown = ", ".join(f"{k}={dump_yaml_value(v)}" for k, v in values.items())
+                print(f"  device_settings[world_size={world_size}]: {shown}")
         print("  files (merged in this order over default.yaml):")
-        for file in entry.yaml_extra:
+        for file in entry.files:
             path = registry.configs_path / file
             print(f"    --- configs/{file}")
             for line in path.read_text(encoding="utf-8").rstrip().splitlines():
@@ -230,7 +246,13 @@ def _resolve(registry: Registry, opts: argparse.Namespace, rest: list[str]) -> i
 # ----------------------------------------------------------------------------- check
 
 
-def _check(registry: Registry) -> int:
+def _check(registry: Registry, as_json: bool = False) -> int:
+    if as_json:
+        records = check_entries(registry)
+        print(json.dumps([record.as_record() for record in records], indent=2))
+        failed = sum(not record.ok for record in records)
+        print(f"{len(records) - failed} of {len(records)} entries compose", file=sys.stderr)
+        return 1 if failed else 0
     problems = check_registry(registry)
     if problems:
         print(f"{len(problems)} problem(s) in {registry.models_path}:")

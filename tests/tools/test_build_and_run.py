@@ -97,7 +97,8 @@ def test_dry_run_prints_the_resolved_config_with_sources(capsys):
     assert build_and_run.main(["--dry-run", "--args.max-seq-len=128", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "max_seq_len: 128" in out and "# cli" in out
-    assert "insert_cached_attention" in out and "# prompt:" in out
+    assert "insert_cached_attention" in out and "\nprompt:\n  batch_size: 2" in out
+    assert "results_path: benchmark_results.json  # default" in out
 
 
 def test_benchmark_raises_max_seq_len_unless_set_explicitly(capsys):
@@ -114,3 +115,20 @@ def test_benchmark_raises_max_seq_len_unless_set_explicitly(capsys):
         == 2
     )
     assert "needs isl + osl = 228 tokens" in capsys.readouterr().err
+
+
+def test_experiment_file_with_token_id_queries_runs(tmp_path, capsys):
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        "args:\n"
+        "  device: cpu\n"
+        "  model_kwargs: {num_hidden_layers: 1}\n"
+        "  transforms: {compile_model: {backend: torch-simple}}\n"
+        "prompt:\n"
+        "  batch_size: 1\n"
+        "  queries: [[1, 2, 3, 4]]\n"
+        "  sp_kwargs: {max_tokens: 3}\n"
+    )
+    assert build_and_run.main(["--yaml-extra", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "[0] prompt: [1, 2, 3, 4]" in out and "(3 tokens, length)" in out

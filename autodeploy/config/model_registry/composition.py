@@ -30,10 +30,12 @@ from pydantic import TypeAdapter, ValidationError
 from ...utils.errors import ConfigError
 from ...utils.logger import logger
 from ..layers import INTERMEDIATE_LAYER_BUILDERS, Layer, LayerContext, merge_layers
+from ..upstream import translate_layers
 from .deployment import DeploymentCheck, check_deployment, device_layer
-from .loader import Registry, load_registry
+from .loader import MODELS_FILE, SOURCE_PREFIX, Registry, load_registry
 from .matching import match_architecture, model_type_of, read_hf_config
 from .schema import RegistryEntry
+from .static_batching import static_batching_layer
 
 if TYPE_CHECKING:
     from ..settings import LlmArgs
@@ -138,8 +140,19 @@ def build_plan(
 ) -> RegistryPlan:
     """Layers and deployment check; ``resolved(fragments)`` gives the values in effect."""
     entry = selection.entry
-    fragments = [registry.fragment_layer(file) for file in entry.yaml_extra]
+    fragments = [registry.fragment_layer(file) for file in entry.files]
+    if entry.world_size is not None:  # format 2.0: a first-class field over the entry's files
+        values_ws = {"world_size": entry.world_size}
+        fragments.append(Layer(f"{SOURCE_PREFIX}{MODELS_FILE}:world_size", values_ws))
     values = resolved(fragments)
+    static = (
+        static_batching_layer(entry.static_batching, values["world_size"])
+        if isinstance(values.get("world_size"), int)
+        else None
+    )
+    if static is not None:
+        fragments.append(static)
+        values = resolved(fragments)
     sizes = [values.get(k) for k in ("world_size", "max_seq_len", "max_batch_size")]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
         return RegistryPlan(registry, selection, None, tuple(fragments))  # LlmArgs reports it
@@ -209,7 +222,8 @@ def _resolved(ctx: LayerContext, fragments: list[Layer]) -> dict[str, Any]:
     """The merged values with the registry's files in their place, plus field defaults."""
     below = [layer for layer in ctx.layers if layer.source == "default.yaml"]
     above = [layer for layer in ctx.layers if layer.source != "default.yaml"]
-    merged, _ = merge_layers([*below, *fragments, *above])
+    layers, _ = translate_layers([*below, *fragments, *above], ctx.schema.model_fields)
+    merged, _ = merge_layers(layers)
     fields = ctx.schema.model_fields
     for key in ("world_size", "max_seq_len", "max_batch_size"):
         merged.setdefault(key, fields[key].default)

@@ -3,9 +3,17 @@
 An entry may list the ``(world_size, max_seq_len, max_batch_size)`` combinations it is known to
 run well with (``deployments``) and, per world size, device settings (``device_settings``):
 
-- ``max_num_tokens``: the token budget of one step (the chunked-prefill budget);
+- ``max_num_tokens``: the token budget of one step (the chunked-prefill budget); smaller than
+  the deployment's ``max_seq_len`` it also sets ``enable_chunked_prefill: true``;
 - ``num_kv_pages``: a fixed KV-page budget; becomes ``kv_cache_config.max_tokens =
-  num_kv_pages * kv_cache_config.tokens_per_block`` (the page size in effect);
+  num_kv_pages * kv_cache_config.tokens_per_block`` (the page size in effect); it may be
+  versioned, ``{torch_lt_2_12: 2080, default: 8192}`` (grammar in ``conditions.py``);
+- ``when``: a version condition; ``device_settings[world_size]`` may be a list, and the first
+  item whose condition holds applies (an item without ``when`` always does);
+
+A deployment may carry its own ``device_settings`` (several per world size, told apart by
+``max_seq_len`` / ``max_batch_size``, as vLLM-Spyre nests them); they replace the entry's
+``device_settings[world_size]`` for that deployment.
 - ``env``: environment variables, set only where the process has not set them
   (``apply_environment``; booleans become "1"/"0").
 
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..layers import Layer
+from .conditions import parse_condition
 from .loader import MODELS_FILE, SOURCE_PREFIX, Registry
 from .schema import Deployment, DeviceSettings, RegistryEntry
 
@@ -76,8 +85,25 @@ def check_deployment(
         world_size=world_size, max_seq_len=max_seq_len, max_batch_size=max_batch_size
     )
     declared = tuple(entry.deployments)
-    settings = entry.device_settings.get(world_size) if requested in declared else None
+    settings = None
+    if requested in declared:
+        own = next(d for d in declared if d == requested).device_settings
+        settings = (
+            own if own is not None else pick_device_settings(entry.device_settings.get(world_size))
+        )
     return DeploymentCheck(requested, declared, settings)
+
+
+def pick_device_settings(
+    candidates: DeviceSettings | list[DeviceSettings] | None,
+) -> DeviceSettings | None:
+    """The first of ``candidates`` whose ``when`` condition holds (no ``when``: always)."""
+    if candidates is None:
+        return None
+    for settings in candidates if isinstance(candidates, list) else [candidates]:
+        if settings.when is None or parse_condition(settings.when).holds():
+            return settings
+    return None
 
 
 def device_settings_source(world_size: int) -> str:
@@ -99,8 +125,11 @@ def device_layer(
         lines[("max_num_tokens",)] = registry.line(
             entry, "device_settings", world_size, "max_num_tokens"
         )
-    if settings.num_kv_pages is not None:
-        values["kv_cache_config"] = {"max_tokens": settings.num_kv_pages * tokens_per_block}
+        if settings.max_num_tokens < check.requested.max_seq_len:
+            values["enable_chunked_prefill"] = True  # a step budget below the longest prompt
+    pages, _ = settings.resolved_num_kv_pages()
+    if pages is not None:
+        values["kv_cache_config"] = {"max_tokens": pages * tokens_per_block}
         lines[("kv_cache_config", "max_tokens")] = registry.line(
             entry, "device_settings", world_size, "num_kv_pages"
         )

@@ -34,6 +34,7 @@ from .schema import DEFAULT_CONFIG_ID, RegistryEntry, RegistryFile
 PACKAGE_DIR = Path(__file__).parent
 MODELS_FILE = "models.yaml"
 CONFIGS_DIR = "configs"
+AD_DEFAULTS_DIR = "ad_defaults"  # format 2.0: internal files; configs/ is searched too
 SOURCE_PREFIX = "registry:"
 
 # The registry that ``use_registry`` reads. Tests and ``tools.registry --registry-dir`` point it
@@ -54,6 +55,9 @@ class Registry:
     description: str
     lines: dict[KeyPath, int]  # key path in models.yaml -> line
     fragments: dict[str, Layer] = field(default_factory=dict)  # file name -> its layer
+    version: Any = 1
+    # Format 2.0: problems of a file, reported by the entries that list it (not at load time).
+    file_problems: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def models_path(self) -> Path:
@@ -82,7 +86,8 @@ class Registry:
         return f"{self.models_path}, line {line}" if line else str(self.models_path)
 
     def lookup(self, name: str, config_id: str | None = None) -> RegistryEntry:
-        """The entry ``(name, config_id)``; without config_id the 'default' one.
+        """The entry ``(name, config_id)``; without config_id the only one, else the
+        'default' one.
 
         Raises ``ConfigError`` for an unknown name (with close matches), an unknown config_id,
         or a name whose entries have no 'default' variant when config_id is None.
@@ -95,6 +100,8 @@ class Registry:
                 "autodeploy.tools.registry list`."
             )
         ids = [entry.config_id for entry in found]
+        if config_id is None and len(found) == 1:
+            return found[0]  # one variant: no need to name it (upstream names every variant)
         wanted = DEFAULT_CONFIG_ID if config_id is None else config_id
         for entry in found:
             if entry.config_id == wanted:
@@ -120,8 +127,19 @@ class Registry:
         found = found[:3]
         return " Did you mean " + " or ".join(repr(f) for f in found) + "?" if found else ""
 
+    def file_path(self, file: str) -> Path:
+        """Where ``file`` lives: ``configs/``, or (format 2.0 ad_defaults) ``ad_defaults/``."""
+        for folder in (self.configs_path, self.directory / AD_DEFAULTS_DIR):
+            if (folder / file).is_file():
+                return folder / file
+        return self.configs_path / file
+
     def fragment_layer(self, file: str) -> Layer:
         """A fresh layer for ``configs/<file>``, labelled ``registry:<file>``."""
+        if file in self.file_problems:
+            raise ConfigError(
+                f"registry file {file} cannot be used: " + "; ".join(self.file_problems[file])
+            )
         layer = self.fragments[file]
         return Layer(layer.source, layer.values, dict(layer.lines), layer.file)
 
@@ -175,7 +193,13 @@ def _load(directory: Path) -> Registry:
     for index, entry in enumerate(parsed.models):
         entry._index = index
     registry = Registry(directory, parsed.models, parsed.templates, parsed.description, lines)
-    problems = _reference_problems(registry) + _load_fragments(registry)
+    registry.version = parsed.version
+    problems = _reference_problems(registry)
+    fragment_problems = _load_fragments(registry)
+    if parsed.version == 1:
+        problems += [p for found in fragment_problems.values() for p in found]
+    else:  # upstream registries hold bring-up files: an entry fails, not the whole registry
+        registry.file_problems = fragment_problems
     if problems:
         raise ConfigError(f"Invalid model registry {models_path}:\n  " + "\n  ".join(problems))
     return registry
@@ -254,8 +278,13 @@ def _reference_problems(registry: Registry) -> list[str]:
                 "must be unique (give the variant its own config_id)."
             )
         seen.setdefault(key, entry)
-        for position, file in enumerate(entry.yaml_extra):
-            line = registry.line(entry, "yaml_extra", position)
+        listed = [
+            (name, position, file)
+            for name in ("ad_defaults", "user_configs", "yaml_extra")
+            for position, file in enumerate(getattr(entry, name))
+        ]
+        for list_name, position, file in listed:
+            line = registry.line(entry, list_name, position)
             used.add(file)
             if file in registry.templates:
                 problems.append(
@@ -263,7 +292,7 @@ def _reference_problems(registry: Registry) -> list[str]:
                     f"({registry.templates[file]}); remove it from templates once it can be "
                     "used, or drop it from the entry."
                 )
-            elif file not in present:
+            elif not registry.file_path(file).is_file():
                 problems.append(
                     f"line {line}: entry {entry.label!r} lists {file!r}, which is not in "
                     f"{configs}.{did_you_mean(file, present)}"
@@ -273,7 +302,7 @@ def _reference_problems(registry: Registry) -> list[str]:
             problems.append(
                 f"templates: {file!r} is not in {configs}.{did_you_mean(file, present)}"
             )
-    for file in present:
+    for file in present if registry.version == 1 else []:  # 2.0: bring-up files are normal
         if file not in used and file not in registry.templates:
             problems.append(
                 f"{CONFIGS_DIR}/{file} is not used by any entry. Add it to an entry's "
@@ -282,17 +311,18 @@ def _reference_problems(registry: Registry) -> list[str]:
     return problems
 
 
-def _load_fragments(registry: Registry) -> list[str]:
+def _load_fragments(registry: Registry) -> dict[str, list[str]]:
+    """Load every listed file; the problems found, per file."""
     from ..settings import LlmArgs  # lazy: settings imports this package
+    from ..upstream import is_upstream_top_level_key
 
     fields = list(LlmArgs.model_fields)
-    problems = []
-    for file in sorted(
-        {f for e in registry.entries for f in e.yaml_extra} | set(registry.templates)
-    ):
-        path = registry.configs_path / file
+    found: dict[str, list[str]] = {}
+    for file in sorted({f for e in registry.entries for f in e.files} | set(registry.templates)):
+        path = registry.file_path(file)
         if not path.is_file():
             continue  # reported by _reference_problems
+        problems = found.setdefault(file, [])
         try:
             layer = yaml_file_layer(path, SOURCE_PREFIX + file)
         except ConfigError as exc:
@@ -300,6 +330,8 @@ def _load_fragments(registry: Registry) -> list[str]:
             continue
         for key, value in layer.values.items():
             line = layer.lines.get((key,), "?")
+            if key not in LlmArgs.model_fields and is_upstream_top_level_key(key):
+                continue  # translated (mapped or reported) when the layer is used
             if key not in LlmArgs.model_fields:
                 problems.append(
                     f"{path}, line {line}: {key!r} is not an autodeploy setting."
@@ -317,4 +349,4 @@ def _load_fragments(registry: Registry) -> list[str]:
                     "who trust the model turn trust_remote_code on in their own settings."
                 )
         registry.fragments[file] = layer
-    return problems
+    return {file: problems for file, problems in found.items() if problems}

@@ -12,11 +12,49 @@ Beyond what loading checks (``loader.py``):
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ...utils.errors import ConfigError
+from ..validation import HEADER
 from .loader import Registry, registry_dir
 from .schema import RegistryEntry
+
+
+@dataclass
+class EntryCheck:
+    """The outcome of composing one entry (``tools.registry check --json``)."""
+
+    name: str
+    config_id: str
+    ok: bool
+    error: str | None = None  # what is missing, when not ok
+    not_used: list[str] = field(default_factory=list)  # upstream keys reported as not used
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_entries(registry: Registry) -> list[EntryCheck]:
+    """One record per entry: does it compose (default deployment and every listed one)?"""
+    records = []
+    for entry in registry.entries:
+        not_used: list[str] = []
+        try:
+            args = compose_entry(registry, entry)
+            not_used = [n.key for n in args.upstream_notes() if not n.used]
+            problems = compose_problems(registry, entry, with_default=False)
+        except ConfigError as exc:
+            problems = [str(exc)]
+        problems += architecture_problems(entry)
+        error = "; ".join(_one_line(p) for p in problems) or None
+        records.append(EntryCheck(entry.name, entry.config_id, not problems, error, not_used))
+    return records
+
+
+def _one_line(problem: str) -> str:
+    text = problem.replace(HEADER, "").replace("does not compose: ", "")
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def check_registry(registry: Registry) -> list[str]:
@@ -45,8 +83,12 @@ def compose_entry(
         )
 
 
-def compose_problems(registry: Registry, entry: RegistryEntry) -> list[str]:
-    deployments = [None] + [
+def compose_problems(
+    registry: Registry, entry: RegistryEntry, with_default: bool = True
+) -> list[str]:
+    """Problems composing ``entry`` (its default deployment unless not ``with_default``, and
+    every listed deployment)."""
+    deployments = [None] * with_default + [
         {
             "world_size": d.world_size,
             "max_seq_len": d.max_seq_len,

@@ -127,7 +127,7 @@ def test_config_id_picks_the_variant(small_registry):
 def test_known_good_deployment_gets_its_device_settings(small_registry):
     args = LlmArgs(model="org/tuned", use_registry=True)
     entry = load_registry().lookup("org/tuned")
-    settings = entry.device_settings[2]
+    settings = entry.device_settings[2][0]
     source = "registry:models.yaml:device_settings[world_size=2]"
     assert args.max_num_tokens == settings.max_num_tokens
     # pages x the page size in effect (base.yaml sets tokens_per_block)

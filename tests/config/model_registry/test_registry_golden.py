@@ -62,7 +62,7 @@ def shipped_registry(monkeypatch):
     """The shipped registry; the entries' device-settings variables unset (as on a clean box)."""
     monkeypatch.setattr(loader, "REGISTRY_DIR", PACKAGE_DIR)
     for entry in loader.load_registry(PACKAGE_DIR).entries:
-        for settings in entry.device_settings.values():
+        for settings in entry.all_device_settings():
             for variable in settings.env:
                 monkeypatch.delenv(variable, raising=False)
 
