@@ -233,7 +233,6 @@ UPSTREAM_TOP_LEVEL_UNUSED: dict[str, tuple[str, object]] = {
 # Upstream-only keys of kv_cache_config -> reason (``enable_block_reuse`` and ``dtype`` have
 # their own rules in upstream.py).
 UPSTREAM_KV_CACHE_UNUSED: dict[str, str] = {
-    "mamba_ssm_cache_dtype": NEEDS_SSM,
     "host_cache_size": "the KV cache is never offloaded to host memory",
     "onboard_blocks": "the KV cache is never offloaded to host memory",
     "max_attention_window": "sliding-window cache eviction is not implemented",

@@ -20,7 +20,8 @@ from ..transforms import InferenceOptimizer
 from ..transforms.interface import SharedConfig
 from ..transforms.library.sharding._report import format_plan
 from ..transforms.library.sharding.sharding_transform_executor import PLAN_META_KEY
-from ..utils.errors import AutoDeployError, ConfigError
+from ..utils.errors import ConfigError
+from ..utils.exit_codes import EXIT_OK, tool_main
 from .dump_graph import select_transforms
 
 FLAGS = ("rank", "help")
@@ -51,19 +52,16 @@ def explain(args: LlmArgs, rank: int = 0) -> str:
     return format_plan(gm, plan)
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cli = parse_cli(argv, flags=FLAGS)
-        if cli.get("help"):
-            print(__doc__)
-            print(cli_help_text(flags=FLAGS))
-            return 0
-        args = LlmArgs.from_cli(cli["args"])
-        print(explain(args, int(cli.get("rank") or 0)))
-        return 0
-    except AutoDeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cli = parse_cli(argv, flags=FLAGS)
+    if cli.get("help"):
+        print(__doc__)
+        print(cli_help_text(flags=FLAGS))
+        return EXIT_OK
+    args = LlmArgs.from_cli(cli["args"])
+    print(explain(args, int(cli.get("rank") or 0)))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

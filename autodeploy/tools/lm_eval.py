@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import sys
 
+from ..utils.exit_codes import EXIT_OK, tool_main
 
-def main(argv: list[str] | None = None) -> None:
+
+@tool_main
+def main(argv: list[str] | None = None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     import autodeploy.integrations.lm_eval  # noqa: F401  (registers --model autodeploy)
@@ -24,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     cli_evaluate()
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

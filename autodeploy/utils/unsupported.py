@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn as nn
 
@@ -95,7 +96,12 @@ def module_from_graph_node(exc: BaseException, gm: nn.Module | None) -> FailingM
     if match is None:
         return None
     node = next((n for n in graph.nodes if n.name == match.group(1)), None)
-    stack = (node.meta.get("nn_module_stack") or {}) if node is not None else {}
+    return module_of_node(node) if node is not None else None
+
+
+def module_of_node(node: Any) -> FailingModule | None:
+    """The innermost module an FX node was traced in (from its ``nn_module_stack``)."""
+    stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
     path, class_ref = list(stack.values())[-1]  # innermost module last

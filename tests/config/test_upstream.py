@@ -80,7 +80,9 @@ def test_kv_cache_block_reuse_and_fp8_dtype(write_yaml):
         in notes["kv_cache_config.enable_block_reuse=true"]
     )
     assert "fp8 KV cache is not implemented" in notes["kv_cache_config.dtype=fp8"]
-    assert "Mamba/SSM" in notes["kv_cache_config.mamba_ssm_cache_dtype"]
+    # mamba_ssm_cache_dtype is autodeploy's own setting too (the SSM state cache): taken as is
+    assert "kv_cache_config.mamba_ssm_cache_dtype" not in notes
+    assert args.kv_cache_config.mamba_ssm_cache_dtype == "auto"
     assert args.kv_cache_config.dtype == "auto" and args.kv_cache_config.tokens_per_block == 16
     off = LlmArgs(
         yaml_extra=[write_yaml("off.yaml", "kv_cache_config: {enable_block_reuse: false}")]

@@ -131,4 +131,4 @@ def test_experiment_file_with_token_id_queries_runs(tmp_path, capsys):
     )
     assert build_and_run.main(["--yaml-extra", str(experiment)]) == 0
     out = capsys.readouterr().out
-    assert "[0] prompt: [1, 2, 3, 4]" in out and "(3 tokens, length)" in out
+    assert "[0] prompt: [1, 2, 3, 4]" in out and "(3 generated tokens, length)" in out

@@ -190,8 +190,12 @@ def test_a_second_cached_op_family_added_at_the_end_of_cache_init_registers_befo
     assert _order(config) == ["_pc_insert_cached_ssm", "initialize_cache", "resize_kv_cache"]
     default = LlmArgs(transforms={"_pc_insert_cached_ssm": {}}).transforms
     run_order = [name for name, cfg in validate_pipeline(default) if cfg.stage == Stages.CACHE_INIT]
+    # every cache-registering transform (the default ones and the added one) runs before the
+    # allocation, in YAML order otherwise
     assert run_order == [
         "insert_cached_attention",
+        "insert_cached_ssm_attention",
+        "insert_cached_causal_conv",
         "_pc_insert_cached_ssm",
         "initialize_cache",
         "resize_kv_cache",

@@ -63,22 +63,24 @@ def test_graph_failure_names_the_module_a_node_was_traced_in():
 )
 def test_deepseek_v3_checkpoint_names_the_unsupported_module(tmp_path):
     # It used to advise re-saving the checkpoint with the installed transformers: the very
-    # version that wrote it. MLA attention + MoE layers, 2 layers, hidden 64.
+    # version that wrote it. Its MoE layers load now; its MLA attention (value head dim 32,
+    # key head dim 16) cannot share one paged KV cache. 2 layers, hidden 64.
+    from autodeploy import LLM
+    from autodeploy.custom_ops.attention.descriptor import UnsupportedAttentionError
+
     config = transformers.DeepseekV3Config(
         vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
         n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, n_group=1, topk_group=1,
         first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
-        qk_nope_head_dim=8, v_head_dim=16, max_position_embeddings=128,
+        qk_nope_head_dim=8, v_head_dim=32, max_position_embeddings=128,
     )  # fmt: skip
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    factory = AutoModelForCausalLMFactory(str(tmp_path))
-    model = factory.build_model("meta")
-    with pytest.raises(UnsupportedModelError) as info:
-        factory.load_or_random_init(model, "cpu")
+    with pytest.raises(UnsupportedAttentionError) as info:
+        LLM(model=str(tmp_path), device="cpu", max_seq_len=64, max_batch_size=2)
     message = str(info.value)
-    assert "module DeepseekV3" in message and "'model.layers.1.mlp.experts'" in message
-    assert "Mixture-of-experts blocks of this architecture are not supported" in message
+    assert "module DeepseekV3Attention at 'model.layers.0.self_attn'" in message
+    assert "disagree on num_kv_heads / head_dim" in message
     assert not any(bad in message for bad in BAD_ADVICE), message
 
 

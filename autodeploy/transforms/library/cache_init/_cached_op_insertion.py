@@ -33,6 +33,7 @@ from ....custom_ops.cached_op import CachedOpDescriptor, convention_problems, op
 from ....custom_ops.op_backend import BackendRegistry
 from ....shim.resources import StateResourceHandler
 from ....utils.errors import ConfigError, RegistryError
+from ....utils.unsupported import module_of_node
 from ...graph_utils import add_graph_input, find_nodes
 
 
@@ -56,9 +57,8 @@ def insert_cached_ops(gm: GraphModule, cm: Any, family: str, requested: str) -> 
     reference = BackendRegistry.get(family, BackendRegistry.family(family).reference)
     error = getattr(reference, "unsupported_error", ConfigError)
     backends: list[type[CachedOpDescriptor]] = []
-    for choice in choices:  # every node is checked before the graph is touched
-        name = require_backend(choice, error)
-        backends.append(BackendRegistry.get(family, name))  # type: ignore[arg-type]
+    for node, choice in zip(nodes, choices):  # every node is checked before the graph is touched
+        backends.append(BackendRegistry.get(family, _required_backend(node, choice, error)))
     for backend in dict.fromkeys(backends):
         problems = convention_problems(backend)
         if problems:
@@ -67,6 +67,8 @@ def insert_cached_ops(gm: GraphModule, cm: Any, family: str, requested: str) -> 
                 + "; ".join(problems)
             )
 
+    if not nodes:  # nothing to cache: no graph inputs, no active batch args
+        return Insertion(num_replaced=0, source_op=source_op, choices=choices)
     metadata = [_graph_input(gm, cm, name) for name in convention.metadata]
     prepared = {b: _insert_prepare_metadata(gm, cm, b) for b in dict.fromkeys(backends)}
     for node, backend in zip(nodes, backends):
@@ -100,6 +102,17 @@ def insert_cached_ops(gm: GraphModule, cm: Any, family: str, requested: str) -> 
         cm.initialize_resources()  # allocates only the caches registered here
     record_choices(gm, choices)
     return Insertion(num_replaced=len(nodes), source_op=source_op, choices=choices)
+
+
+def _required_backend(node: Node, choice: Any, error: type[Exception]) -> str:
+    """The node's backend, or ``error`` naming the model's module the node came from."""
+    try:
+        return require_backend(choice, error)
+    except error as exc:
+        module = module_of_node(node)
+        if module is None:
+            raise
+        raise error(f"{module.describe()}: {exc}") from None
 
 
 def _graph_input(gm: GraphModule, cm: Any, name: str) -> Node:

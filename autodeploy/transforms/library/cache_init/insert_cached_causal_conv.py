@@ -6,7 +6,15 @@ from typing import ClassVar
 
 from ....custom_ops.mamba.descriptor import CAUSAL_CONV
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig
+from ...facts import (
+    CACHE_INTERFACE,
+    CACHE_RESOURCES,
+    CANONICAL_CAUSAL_CONV,
+    EXPORTED_GRAPH,
+    INPUTS_ON_DEVICE,
+    WEIGHTS_LOADED,
+)
+from ...interface import SharedConfig, Stages, TransformConfig
 from ...registry import TransformRegistry
 from .insert_cached_ssm_attention import StateFamilyConfig, insert_state_family
 
@@ -25,6 +33,11 @@ class InsertCachedCausalConv(BaseTransform):
             input_pos, slot_idx, conv_state_<i>, activation)`` with ``conv_state_<i>``:
             [slots, channels, kernel_size - 1].
     """
+
+    stage = Stages.CACHE_INIT
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED)
+    uses = (CANONICAL_CAUSAL_CONV, INPUTS_ON_DEVICE)
+    provides = (CACHE_RESOURCES,)
 
     config: InsertCachedCausalConvConfig
 

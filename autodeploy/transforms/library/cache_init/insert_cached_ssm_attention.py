@@ -11,7 +11,15 @@ from ....custom_ops.mamba.descriptor import SSM
 from ....custom_ops.op_backend import check_backend_name
 from ....utils.errors import ConfigError
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import (
+    CACHE_INTERFACE,
+    CACHE_RESOURCES,
+    CANONICAL_SSM,
+    EXPORTED_GRAPH,
+    INPUTS_ON_DEVICE,
+    WEIGHTS_LOADED,
+)
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._cached_op_insertion import insert_cached_ops
 
@@ -69,6 +77,11 @@ class InsertCachedSSMAttention(BaseTransform):
             input_pos, slot_idx, ssm_state_<i>, time_step_limit, chunk_size)`` with
             ``ssm_state_<i>``: [slots, heads, head_dim, state] in ``mamba_ssm_cache_dtype``.
     """
+
+    stage = Stages.CACHE_INIT
+    requires = (EXPORTED_GRAPH, CACHE_INTERFACE, WEIGHTS_LOADED)
+    uses = (CANONICAL_SSM, INPUTS_ON_DEVICE)
+    provides = (CACHE_RESOURCES,)
 
     config: StateFamilyConfig
 

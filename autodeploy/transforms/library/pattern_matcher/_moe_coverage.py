@@ -2,7 +2,8 @@
 
 Which layers are sparse comes from the Hugging Face config's MoE knobs (``mlp_only_layers``,
 ``decoder_sparse_step``, ``first_k_dense_replace`` / ``moe_layer_freq``,
-``moe_layer_start_index``); a config without an expert count is a dense model.
+``moe_layer_start_index``), or for hybrids from the per-layer kinds (``layers_block_type``
+entries ``"moe"``); a config without an expert count is a dense model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def expected_moe_layers(config: Any) -> list[int]:
     """Sparse (MoE) layer indices the config declares; [] for a dense model."""
     if config is None or not any(getattr(config, k, None) for k in _EXPERT_COUNT_KEYS):
         return []
+    block_types = getattr(config, "layers_block_type", None)
+    if isinstance(block_types, (list, tuple)):  # hybrids (Nemotron-H) name each layer's kind
+        return [i for i, kind in enumerate(block_types) if kind == "moe"]
     num_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     dense_only = set(getattr(config, "mlp_only_layers", None) or [])
     step = int(getattr(config, "decoder_sparse_step", 1) or 1)

@@ -6,8 +6,9 @@ import torch
 from torch.fx import GraphModule
 
 from ...base import BaseTransform
+from ...facts import CANONICAL_CAUSAL_CONV, EXPORTED_GRAPH
 from ...graph_utils import is_op
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...pattern import bound_args
 from ...registry import TransformRegistry
 
@@ -29,6 +30,10 @@ class FuseCausalConvActivation(BaseTransform):
     before: ``y = silu(torch_causal_conv1d(x, w, b, None))``
     after:  ``y = torch_causal_conv1d(x, w, b, "silu")`` (the cached conv ops the same way)
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH,)
+    uses = (CANONICAL_CAUSAL_CONV,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

@@ -7,8 +7,9 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ...base import BaseTransform
+from ...facts import CANONICAL_SSM, EXPORTED_GRAPH, WEIGHTS_LOADED
 from ...graph_utils import is_op
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 
 aten = torch.ops.aten
@@ -37,6 +38,10 @@ class FuseMambaALog(BaseTransform):
     after:  ``A = get_attr("...mixer.A_fused")`` (float32 parameter; ``A_log`` removed when
             nothing else reads it)
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (CANONICAL_SSM,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:

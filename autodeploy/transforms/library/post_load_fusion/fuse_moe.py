@@ -10,8 +10,9 @@ from pydantic import Field, field_validator
 from ....custom_ops.op_backend import BackendRegistry
 from ....utils.logger import logger
 from ...base import BaseTransform
+from ...facts import CANONICAL_MOE, EXPORTED_GRAPH, INPUTS_ON_DEVICE, WEIGHTS_LOADED
 from ...graph_utils import find_nodes
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._backends import UNCHANGED, check_backend_installed, node_backends
 
@@ -46,6 +47,10 @@ class FuseMoE(BaseTransform):
     node the Triton kernel cannot take (activation, dtype) gets ``torch_moe_grouped``.
     ``backend: torch`` leaves the graph as it is.
     """
+
+    stage = Stages.POST_LOAD_FUSION
+    requires = (EXPORTED_GRAPH, WEIGHTS_LOADED)
+    uses = (CANONICAL_MOE, INPUTS_ON_DEVICE)
 
     config: FuseMoEConfig
 

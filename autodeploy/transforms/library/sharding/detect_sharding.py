@@ -16,7 +16,8 @@ from torch.fx import GraphModule
 from ....utils.errors import ConfigError
 from ....utils.suggest import did_you_mean
 from ...base import BaseTransform
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, SHARDING_PLAN
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._graph import all_linears
 from ._heuristic import (
@@ -93,6 +94,11 @@ class DetectShardingConfig(TransformConfig):
 @TransformRegistry.register("detect_sharding")
 class DetectSharding(BaseTransform):
     """Build this rank's sharding plan from the manual, factory and heuristic sources."""
+
+    stage = Stages.SHARDING
+    requires = (EXPORTED_GRAPH,)
+    uses = (CANONICAL_ATTENTION,)
+    provides = (SHARDING_PLAN,)
 
     config: DetectShardingConfig
 

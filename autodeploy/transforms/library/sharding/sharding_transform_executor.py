@@ -20,8 +20,9 @@ from torch.fx import GraphModule, Node
 
 from .... import custom_ops  # noqa: F401  (registers the collectives)
 from ...base import BaseTransform
+from ...facts import EXPORTED_GRAPH, SHARDING_PLAN, WEIGHTS_SHARDED
 from ...graph_utils import canonicalize_graph, run_shape_prop
-from ...interface import SharedConfig, TransformConfig, TransformInfo
+from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._heuristic import op_name
 from ._plan import SHARED_KEY, ShardingPlan, WeightSplit
@@ -100,6 +101,10 @@ def apply_split(gm: GraphModule, split: WeightSplit, rank: int, world_size: int)
 @TransformRegistry.register("sharding_transform_executor")
 class ShardingTransformExecutor(BaseTransform):
     """Split weights, rewrite local sizes and insert collectives as the plan says."""
+
+    stage = Stages.SHARDING
+    requires = (EXPORTED_GRAPH, SHARDING_PLAN)
+    provides = (WEIGHTS_SHARDED,)
 
     @classmethod
     def get_config_class(cls) -> type[TransformConfig]:
