@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cached_op import register_convention_fake
+from ..cached_op import define_cached_op
 from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegistry
 
 
@@ -204,22 +204,22 @@ def _attend(
     return torch.matmul(probs, values)
 
 
-@torch.library.custom_op("auto_deploy::sdpa_cached_attention", mutates_args=("kv_cache",))
-def sdpa_cached_attention(
-    q: Tensor,  # [b, s, num_heads, head_dim]; b * s = total tokens
-    k: Tensor,  # [b, s, num_kv_heads, head_dim]
-    v: Tensor,  # [b, s, num_kv_heads, head_dim]
-    batch_info_host: Tensor,  # CPU [3]: num_prefill_seqs, num_prefill_tokens, num_decode_seqs
-    cu_seqlen: Tensor,  # [B + 1]
-    input_pos: Tensor,  # [B]
-    cache_loc: Tensor,  # [total pages]
-    cu_num_pages: Tensor,  # [B + 1]
-    kv_cache: Tensor,  # [num_pages, 2, num_kv_heads, page_size, head_dim]
+def _sdpa_paged_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    batch_info_host: Tensor,
+    cu_seqlen: Tensor,
+    input_pos: Tensor,
+    cache_loc: Tensor,
+    cu_num_pages: Tensor,
+    kv_cache: Tensor,
     scale: float | None = None,
     sliding_window: int | None = None,
     logit_cap: float | None = None,
-    sinks: Tensor | None = None,  # [num_heads]
+    sinks: Tensor | None = None,
 ) -> Tensor:
+    """The op's body; arguments and shapes as ``torch_cached_attention`` (the convention)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_kv_heads, page_size = kv_cache.shape[2], kv_cache.shape[3]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
@@ -262,7 +262,10 @@ def sdpa_cached_attention(
     return out.view(q.shape)
 
 
-register_convention_fake(sdpa_cached_attention, ATTENTION_CONVENTION)
+# The schema and fake come from the attention calling convention.
+sdpa_cached_attention = define_cached_op(
+    "auto_deploy::sdpa_cached_attention", _sdpa_paged_attention, ATTENTION_CONVENTION
+)
 
 
 @AttentionRegistry.register("sdpa")
