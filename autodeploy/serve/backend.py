@@ -34,24 +34,28 @@ class ModelBackend(Protocol):
     async def encode(
         self, prompt: str | list[int] | None = None, messages: Sequence[dict] | None = None
     ) -> Encoded: ...
-    def _check_words(self, prompt: Any, messages: Sequence[dict] | None) -> None:
-        if self.max_input_words is None:
-            return
-        texts = [str(m.get("content") or "") for m in messages or []]
-        if isinstance(prompt, str):
-            texts.append(prompt)
-        words = sum(len(text.split()) for text in texts)
-        if words > self.max_input_words:
-            field = "messages" if messages is not None else "prompt"
-            raise ConfigError(
-                f"{field}: {words} words, more than this model's max_input_words="
-                f"{self.max_input_words}. Shorten the prompt."
-            )
-
     async def open(self, encoded: Encoded, params: SamplingParams) -> DeltaStream: ...
     async def token_texts(self, token_ids: Sequence[int]) -> dict[int, str]: ...
     async def health(self) -> str | None: ...
     async def stats(self) -> dict[str, float]: ...
+
+
+def check_input_words(
+    max_input_words: int | None, prompt: Any, messages: Sequence[dict] | None
+) -> None:
+    """A ConfigError (a 400) when the prompt or the messages hold more words than allowed."""
+    if max_input_words is None:
+        return
+    texts = [str(m.get("content") or "") for m in messages or []]
+    if isinstance(prompt, str):
+        texts.append(prompt)
+    words = sum(len(text.split()) for text in texts)
+    if words > max_input_words:
+        field = "messages" if messages is not None else "prompt"
+        raise ConfigError(
+            f"{field}: {words} words, more than this model's max_input_words="
+            f"{max_input_words}. Shorten the prompt."
+        )
 
 
 class LocalBackend:
@@ -75,7 +79,7 @@ class LocalBackend:
     async def encode(
         self, prompt: str | list[int] | None = None, messages: Sequence[dict] | None = None
     ) -> Encoded:
-        self._check_words(prompt, messages)
+        check_input_words(self.max_input_words, prompt, messages)
         if messages is not None:
             if self.prompt_format is not None:
                 return self.llm.encode(self.prompt_format.render_chat(messages))
@@ -85,20 +89,6 @@ class LocalBackend:
         if isinstance(prompt, str) and self.prompt_format is not None:
             prompt = self.prompt_format.render_instruction(prompt)
         return self.llm.encode(prompt)
-
-    def _check_words(self, prompt: Any, messages: Sequence[dict] | None) -> None:
-        if self.max_input_words is None:
-            return
-        texts = [str(m.get("content") or "") for m in messages or []]
-        if isinstance(prompt, str):
-            texts.append(prompt)
-        words = sum(len(text.split()) for text in texts)
-        if words > self.max_input_words:
-            field = "messages" if messages is not None else "prompt"
-            raise ConfigError(
-                f"{field}: {words} words, more than this model's max_input_words="
-                f"{self.max_input_words}. Shorten the prompt."
-            )
 
     async def open(self, encoded: Encoded, params: SamplingParams) -> DeltaStream:
         return self.llm.submit(encoded, params)

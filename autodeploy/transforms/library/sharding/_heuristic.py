@@ -237,18 +237,25 @@ def detect_lm_head(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> No
     for info in reversed(all_linears(gm)):
         if info.node.name in claimed or not _reaches(info.node, output):
             continue
-        if len(tied.get(info.weight, [])) > 1:
-            others = [n for n in tied[info.weight] if n != info.weight]
-            plan.unsharded[info.module] = f"weight tied with {others[0]}; replicated"
-        elif info.out_features % plan.world_size:
-            plan.unsharded[info.module] = (
-                f"{info.out_features} outputs not divisible by world_size={plan.world_size}"
-            )
-        else:
-            segment = even_segment(info.out_features, 1, plan.world_size)
-            plan.splits.append(_split(info, "gather", [segment]))
-            claimed.add(info.node.name)
+        _gather_split(info, plan, claimed, tied)
         return
+
+
+def _gather_split(
+    info: LinearInfo, plan: ShardingPlan, claimed: set[str], tied: dict[str, list[str]]
+) -> None:
+    """Split one linear's outputs across ranks (all-gather after it), or say why not."""
+    if len(tied.get(info.weight, [])) > 1:
+        others = [n for n in tied[info.weight] if n != info.weight]
+        plan.unsharded[info.module] = f"weight tied with {others[0]}; replicated"
+    elif info.out_features % plan.world_size:
+        plan.unsharded[info.module] = (
+            f"{info.out_features} outputs not divisible by world_size={plan.world_size}"
+        )
+    else:
+        segment = even_segment(info.out_features, 1, plan.world_size)
+        plan.splits.append(_split(info, "gather", [segment]))
+        claimed.add(info.node.name)
 
 
 def _reaches(node: Node, output: Node) -> bool:
@@ -267,17 +274,7 @@ def detect_simple(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> Non
     for info in all_linears(gm):
         if info.node.name in claimed:
             continue
-        if len(tied.get(info.weight, [])) > 1:
-            others = [n for n in tied[info.weight] if n != info.weight]
-            plan.unsharded[info.module] = f"weight tied with {others[0]}; replicated"
-        elif info.out_features % plan.world_size:
-            plan.unsharded[info.module] = (
-                f"{info.out_features} outputs not divisible by world_size={plan.world_size}"
-            )
-        else:
-            segment = even_segment(info.out_features, 1, plan.world_size)
-            plan.splits.append(_split(info, "gather", [segment]))
-            claimed.add(info.node.name)
+        _gather_split(info, plan, claimed, tied)
 
 
 REPLICATED_BY_CHOICE = ("weight tied", "embedding:")
