@@ -39,6 +39,7 @@ class PagedHarness:
         dtype=torch.float32,
         seed=0,
         op=cached_attention,
+        kv_layout="HND",
         **features,
     ):
         self.op = op  # the cached-attention op under test (any backend with this contract)
@@ -58,6 +59,8 @@ class PagedHarness:
         self.kv_cache = torch.randn(
             num_pages, 2, num_kv_heads, page_size, head_dim, generator=gen
         ).to(dtype)  # garbage must never be read
+        if kv_layout == "NHD":  # [num_pages, page_size, 2, num_kv_heads, head_dim]
+            self.kv_cache = self.kv_cache.permute(0, 3, 1, 2, 4).contiguous()
         self.pos = [0] * len(lengths)
         self.page_size = page_size
 

@@ -1,18 +1,24 @@
 """The ``sdpa`` attention backend: the paged-KV contract on whole batches, for CPU (and any device).
 
 Same semantics as the reference ``torch_cached_attention`` (see ``torch_cached_backend.py``), but
-without a Python loop over sequences, so a decode step costs a few tensor ops whatever the batch:
+without a Python loop over sequences, so a decode step costs a few tensor ops whatever the batch.
+The cache is in the "NHD" layout, ``[num_pages, page_size, 2, num_kv_heads, head_dim]``: viewed
+as one row per cached token (``[num_pages * page_size, 2, n_kv, d]``), a token's k and v are one
+row, so
 
-1. every new token's k/v is written to its page in one indexed store;
+1. every new token's k/v is written to its row in one indexed store;
 2. the sequences of the batch are split into the prefill group and the decode group (prefills
    come first in the packed batch); for each group, the queries are padded to the group's longest
-   query run and the keys/values gathered from the pages, padded to the group's longest context;
+   query run, and the rows of positions 0 .. longest context - 1 of every sequence are gathered
+   in one ``index_select`` (exactly the rows needed; k and v then are strided views of it, which
+   SDPA reads as they are: no second copy);
 3. ``scaled_dot_product_attention`` runs once per group with a boolean mask (causal offset by
    ``input_pos``, sliding window); soft-capping and sinks, which SDPA cannot express, take the
    same padded tensors through an explicit float32 softmax.
 
 Padded query rows repeat the last real row of their sequence (so no row is fully masked) and are
-dropped when the result is scattered back to the packed token order.
+dropped when the result is scattered back to the packed token order; padded key positions repeat
+a sequence's last row and are masked.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ class _GroupPlan:
     """Index tensors of one group (the prefills or the decodes) of a step."""
 
     rows: Tensor  # [B, max_q]: packed token row of each padded query (pads repeat the last row)
-    page_table: Tensor  # [B, max_pages]: the pages holding positions 0.. (pads repeat the last)
-    num_keys: int  # key positions 0 .. num_keys-1 are attended to (the longest context)
+    kv_rows: Tensor  # [B * num_keys]: cache row of key positions 0..num_keys-1 of each sequence
+    num_keys: int  # the longest context of the group
     # [B, 1, max_q, num_keys]: causal (offset by input_pos) and window; None: every key visible
     visible: Tensor | None
     valid: Tensor  # [B, max_q]: real (not padded) query rows
@@ -44,12 +50,28 @@ class _GroupPlan:
 class _StepPlan:
     """Everything about a step that every layer shares: computed once, by the first layer."""
 
-    write_pages: Tensor  # [T]: page of each new token
-    write_rows: Tensor  # [T]: row within that page
+    write_rows: Tensor  # [T]: cache row of each new token
     groups: list[_GroupPlan]
     # True when the only group's queries are the packed tokens in order, one per sequence (a
     # decode-only batch): its output needs no scatter.
     in_order: bool = False
+
+
+def _cache_rows(cache_loc: Tensor, first_page: Tensor, position: Tensor, page_size: int) -> Tensor:
+    """Cache row (page * page_size + offset) of token ``position`` of the sequences whose page
+    lists start at ``cache_loc[first_page]`` (broadcasting)."""
+    page = cache_loc[first_page + torch.div(position, page_size, rounding_mode="floor")]
+    return page * page_size + position % page_size
+
+
+def _key_rows(
+    cache_loc: Tensor, page0: Tensor, kv_lens: Tensor, num_keys: int, page_size: int
+) -> Tensor:
+    """[B * num_keys]: rows of positions 0..num_keys-1 of each sequence; positions at or past a
+    sequence's length repeat its last row (they are masked)."""
+    position = torch.arange(num_keys, device=kv_lens.device, dtype=kv_lens.dtype)[None, :]
+    position = torch.minimum(position, (kv_lens - 1)[:, None])
+    return _cache_rows(cache_loc, page0[:, None], position, page_size).reshape(-1)
 
 
 def _make_plan(
@@ -62,21 +84,23 @@ def _make_plan(
     page_size: int,
     sliding_window: int | None,
 ) -> _StepPlan:
+    # Index arithmetic stays in the metadata's int32: indexing accepts it, and converting
+    # every tensor to int64 cost more than the rest of a decode plan.
     device = cu_seqlen.device
-    cu_seqlen, input_pos = cu_seqlen[: num_seqs + 1].long(), input_pos[:num_seqs].long()
-    page0 = cu_num_pages[:num_seqs].long()
+    cu_seqlen, input_pos = cu_seqlen[: num_seqs + 1], input_pos[:num_seqs]
+    page0 = cu_num_pages[:num_seqs]
     seq_lens = cu_seqlen[1:] - cu_seqlen[:-1]
     num_tokens = int(cu_seqlen[-1])
     if num_prefill == 0 and num_tokens == num_seqs:
         return _decode_plan(input_pos, cache_loc, page0, page_size, sliding_window)
 
-    # The page and row each new token's k/v is written to.
+    # The row each new token's k/v is written to.
     seq_of_token = torch.repeat_interleave(
-        torch.arange(num_seqs, device=device), seq_lens, output_size=num_tokens
+        torch.arange(num_seqs, device=device, dtype=torch.int32), seq_lens, output_size=num_tokens
     )
-    position = input_pos[seq_of_token] + torch.arange(num_tokens, device=device)
+    position = input_pos[seq_of_token] + torch.arange(num_tokens, device=device, dtype=torch.int32)
     position -= cu_seqlen[seq_of_token]
-    write_pages = cache_loc[page0[seq_of_token] + position // page_size].long()
+    write_rows = _cache_rows(cache_loc, page0[seq_of_token], position, page_size)
 
     groups = []
     for seqs in (slice(0, num_prefill), slice(num_prefill, num_seqs)):
@@ -84,27 +108,25 @@ def _make_plan(
             continue
         q_lens, pos0 = seq_lens[seqs], input_pos[seqs]
         kv_lens = pos0 + q_lens
-        num_pages = (kv_lens + page_size - 1) // page_size
+        num_keys = int(kv_lens.max())
         q_index = torch.arange(int(q_lens.max()), device=device)[None, :]
-        page_index = torch.arange(int(num_pages.max()), device=device)[None, :]
-        kv_index = torch.arange(int(kv_lens.max()), device=device)[None, None, :]
+        kv_index = torch.arange(num_keys, device=device)[None, None, :]
         i = torch.minimum(q_index, (q_lens - 1)[:, None])  # padded query rows repeat the last
         q_pos = (pos0[:, None] + i)[:, :, None]  # [B, max_q, 1]
         visible = kv_index <= q_pos  # [B, max_q, max_kv]: also hides unwritten rows
         if sliding_window is not None:
             visible &= kv_index > q_pos - sliding_window
-        page_slot = page0[seqs][:, None] + torch.minimum(page_index, (num_pages - 1)[:, None])
         groups.append(
             _GroupPlan(
                 rows=cu_seqlen[:-1][seqs][:, None] + i,
-                page_table=cache_loc[page_slot].long(),
-                num_keys=kv_index.shape[-1],
+                kv_rows=_key_rows(cache_loc, page0[seqs], kv_lens, num_keys, page_size),
+                num_keys=num_keys,
                 visible=visible[:, None],
                 valid=q_index < q_lens[:, None],
             )
         )
     in_order = num_prefill == 0 and num_tokens == num_seqs
-    return _StepPlan(write_pages, position % page_size, groups, in_order)
+    return _StepPlan(write_rows, groups, in_order)
 
 
 def _decode_plan(
@@ -115,27 +137,22 @@ def _decode_plan(
     sliding_window: int | None,
 ) -> _StepPlan:
     """``_make_plan`` for a decode-only batch (the common step), with fewer ops."""
-    device = position.device
-    page_of_token = position // page_size
-    write_pages = cache_loc[page0 + page_of_token].long()
-    page_index = torch.arange(int(page_of_token.max()) + 1, device=device)[None, :]
-    page_table = cache_loc[page0[:, None] + torch.minimum(page_index, page_of_token[:, None])]
     num_keys = int(position.max()) + 1
-    kv_index = torch.arange(num_keys, device=device)[None, :]
+    kv_index = torch.arange(num_keys, device=position.device)[None, :]
     visible: Tensor | None = kv_index <= position[:, None]  # [B, num_keys]
     if sliding_window is not None:
         visible &= kv_index > position[:, None] - sliding_window
     elif bool(visible.all()):  # equal contexts: no mask (SDPA's unmasked path is faster)
         visible = None
-    rows = torch.arange(position.numel(), device=device)[:, None]
+    rows = torch.arange(position.numel(), device=position.device)[:, None]
     group = _GroupPlan(
         rows=rows,
-        page_table=page_table.long(),
+        kv_rows=_key_rows(cache_loc, page0, position + 1, num_keys, page_size),
         num_keys=num_keys,
         visible=None if visible is None else visible[:, None, None],
         valid=torch.ones_like(rows, dtype=torch.bool),
     )
-    return _StepPlan(write_pages, position % page_size, [group], in_order=True)
+    return _StepPlan(_cache_rows(cache_loc, page0, position, page_size), [group], in_order=True)
 
 
 class _PlanCache:
@@ -163,14 +180,12 @@ class _PlanCache:
 _plan_cache = _PlanCache()
 
 
-def _gather_pages(kv_cache: Tensor, page_table: Tensor, num_keys: int) -> tuple[Tensor, Tensor]:
-    """Whole pages of each sequence, copied page by page: keys and values as
-    [B, n_kv, num_keys, d] (positions past a sequence's end are masked)."""
-    batch, max_pages = page_table.shape
-    _, _, num_kv_heads, page_size, head_dim = kv_cache.shape
-    pages = kv_cache[page_table]  # [B, max_pages, 2, n_kv, page_size, d]
-    kv = pages.permute(2, 0, 3, 1, 4, 5).reshape(2, batch, num_kv_heads, -1, head_dim)
-    return kv[0, :, :, :num_keys], kv[1, :, :, :num_keys]
+def _gather_keys(token_rows: Tensor, group: _GroupPlan) -> tuple[Tensor, Tensor]:
+    """Keys and values of positions 0..num_keys-1 of each sequence, [B, n_kv, num_keys, d]
+    (strided views of one gathered copy)."""
+    gathered = token_rows.index_select(0, group.kv_rows)  # [B * num_keys, 2, n_kv, d]
+    gathered = gathered.view(-1, group.num_keys, *token_rows.shape[1:])
+    return gathered[:, :, 0].transpose(1, 2), gathered[:, :, 1].transpose(1, 2)
 
 
 def _attend(
@@ -219,13 +234,13 @@ def _sdpa_paged_attention(
     logit_cap: float | None = None,
     sinks: Tensor | None = None,
 ) -> Tensor:
-    """The op's body; arguments and shapes as ``torch_cached_attention`` (the convention)."""
+    """The op's body; arguments and shapes as ``torch_cached_attention`` (the convention), but
+    ``kv_cache`` in the NHD layout ``[num_pages, page_size, 2, num_kv_heads, head_dim]``."""
     num_heads, head_dim = q.shape[2], q.shape[3]
-    num_kv_heads, page_size = kv_cache.shape[2], kv_cache.shape[3]
+    page_size, num_kv_heads = kv_cache.shape[1], kv_cache.shape[3]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     q_tokens = q.reshape(-1, num_heads, head_dim)
-    k_pages = kv_cache[:, 0].transpose(1, 2)  # [num_pages, page_size, n_kv, d] (a view)
-    v_pages = kv_cache[:, 1].transpose(1, 2)
+    token_rows = kv_cache.view(-1, 2, num_kv_heads, head_dim)  # one row per cached token
 
     num_prefill, _, num_decode = batch_info_host.tolist()
     num_seqs = num_prefill + num_decode
@@ -237,14 +252,20 @@ def _sdpa_paged_attention(
         metadata,
         lambda: _make_plan(num_prefill, num_seqs, *metadata, page_size, sliding_window),
     )
-    num_tokens = plan.write_pages.numel()
-    k_pages[plan.write_pages, plan.write_rows] = k.reshape(-1, num_kv_heads, head_dim)[:num_tokens]
-    v_pages[plan.write_pages, plan.write_rows] = v.reshape(-1, num_kv_heads, head_dim)[:num_tokens]
+    num_tokens = plan.write_rows.numel()
+    new_kv = torch.stack(
+        (
+            k.reshape(-1, num_kv_heads, head_dim)[:num_tokens],
+            v.reshape(-1, num_kv_heads, head_dim)[:num_tokens],
+        ),
+        dim=1,
+    )
+    token_rows[plan.write_rows] = new_kv.to(token_rows.dtype)
 
     if plan.in_order:  # decode-only: one query per sequence, already in packed order
         group = plan.groups[0]
         q_h = q_tokens[:num_tokens, :, None]  # [B, n, 1, d]
-        k_h, v_h = _gather_pages(kv_cache, group.page_table, group.num_keys)
+        k_h, v_h = _gather_keys(token_rows, group)
         result = _attend(q_h, k_h, v_h, group.visible, scale, logit_cap, sinks).to(q.dtype)
         if num_tokens == q_tokens.shape[0]:
             return result.view(q.shape)
@@ -254,9 +275,9 @@ def _sdpa_paged_attention(
 
     out = torch.zeros_like(q_tokens)
     for group in plan.groups:
-        # [B, heads, tokens, d]: padded queries, keys/values gathered from the pages
+        # [B, heads, tokens, d]: padded queries, keys/values gathered from the cache rows
         q_h = q_tokens[group.rows].transpose(1, 2)
-        k_h, v_h = _gather_pages(kv_cache, group.page_table, group.num_keys)
+        k_h, v_h = _gather_keys(token_rows, group)
         result = _attend(q_h, k_h, v_h, group.visible, scale, logit_cap, sinks)
         out[group.rows[group.valid]] = result.transpose(1, 2)[group.valid].to(out.dtype)
     return out.view(q.shape)
@@ -275,6 +296,7 @@ class SdpaCachedAttention(AttentionDescriptor):
     (on CUDA, Triton and FlashInfer are faster)."""
 
     auto_priority = {"cpu": 5}
+    kv_layout = "NHD"  # a token's k and v are one cache row (see the module docstring)
 
     @classmethod
     def get_cached_op(cls):
