@@ -1,10 +1,19 @@
-"""EngineDriver: one thread owns the engine and steps it; any thread submits requests.
+"""EngineDriver: one thread owns the engine loop; any thread submits requests.
 
-The engine is not thread-safe, so only the driver thread touches it. Callers hand it requests
-through a FIFO inbox (``submit``, ``abort``) and receive ``OutputDelta``s through a callback
-(``sink``) called on the driver thread after every step that gave their request a token; the
-last delta has ``finished=True`` and the complete ``RequestOutput``. ``generate`` is the blocking
-form used by ``LLM.generate``: requests of several threads share the engine's batches.
+The engine is not thread-safe: only the thread holding ``_engine_lock`` touches it. Callers hand
+the driver requests through a FIFO inbox (``submit``, ``abort``), which only the driver thread
+reads, and receive ``OutputDelta``s through a callback (``sink``) called after every step that
+gave their request a token, on the thread that ran the step; the last delta has
+``finished=True`` and the complete ``RequestOutput``.
+
+``generate`` is the blocking form used by ``LLM.generate``: requests of several threads share
+the engine's batches. While a ``generate`` call waits, it runs the steps itself, on its own
+thread, and the driver thread only admits requests. Why: on CPU, PyTorch's OpenMP gives each
+thread that runs parallel kernels its own worker pool, and once a process has more pool threads
+than cores, every worker stops busy-waiting between kernels (libgomp's throttled spin), so
+each parallel kernel then pays a thread wake-up. Stepping on the caller's thread (the one that
+built the model) keeps a script at one pool. Servers, which never call ``generate``, step on the
+driver thread.
 
 Admission: ``submit`` checks on the caller's thread that the request can ever fit
 (``CapacityError`` with both sizes) and, when ``max_waiting_requests`` is set and the caller
@@ -12,7 +21,7 @@ asks for it, that the waiting queue has room (``QueueFullError``). Nothing is qu
 either check fails.
 
 Failures: if a step raises, the requests running in it end with finish_reason "error" (their
-pages and slots freed) and the driver goes on with the others. A fatal error (out of memory, a
+pages and slots freed) and the engine goes on with the others. A fatal error (out of memory, a
 CUDA error, or ``MAX_FAILED_STEPS`` failed steps in a row) ends every request, and ``submit``
 raises ``EngineDeadError`` from then on; ``fatal_error`` says why (the server's /health fails).
 """
@@ -46,6 +55,9 @@ Sink = Callable[[OutputDelta], None]
 # a few bad requests in a row must not take the server down.
 MAX_FAILED_STEPS = 8
 _STOP = object()
+_WAKE = object()  # a generate() call stopped stepping: the driver thread checks for work again
+# How long a generate() call waits for the driver to admit its requests before looking again.
+_ADMISSION_POLL_S = 0.0005
 
 
 @dataclass
@@ -76,6 +88,8 @@ class EngineDriver:
         self._handles: dict[int, int] = {}  # engine request id -> handle (driver thread)
         self._streaming: dict[int, None] = {}  # handles that want every delta, in order
         self._failed_steps = 0
+        self._engine_lock = threading.Lock()  # held while applying commands or stepping
+        self._callers = 0  # generate() calls running the steps on their own thread
         self._thread = threading.Thread(target=self._loop, name="autodeploy-engine", daemon=True)
         self._thread.start()
 
@@ -133,6 +147,8 @@ class EngineDriver:
         done: queue.SimpleQueue[OutputDelta] = queue.SimpleQueue()
         results: list[RequestOutput | None] = [None] * len(encoded)
         pending: dict[int, int] = {}  # handle -> index
+        with self._lock:
+            self._callers += 1
         try:
             for index, ((text, ids), sp) in enumerate(zip(encoded, params)):
                 try:
@@ -144,13 +160,28 @@ class EngineDriver:
                     continue
                 pending[handle] = index
             while pending:
-                delta = done.get()
-                if delta.request_id in pending:
-                    results[pending.pop(delta.request_id)] = delta.output
+                timeout = None if self._step_here() else _ADMISSION_POLL_S
+                _collect(done, pending, results, timeout)
         finally:
             for handle in pending:  # interrupted: leave the engine clean
                 self.abort(handle)
+            with self._lock:
+                self._callers -= 1
+            self._inbox.put(_WAKE)
         return [r for r in results if r is not None]
+
+    def _step_here(self) -> bool:
+        """Run one engine step on this thread if there is work; False if there was none (the
+        driver has not admitted this caller's requests yet, or it stopped)."""
+        with self._engine_lock:
+            if not self._thread.is_alive() or not self.engine.has_unfinished():
+                return False
+            try:
+                self._step_once()
+            except BaseException:  # e.g. KeyboardInterrupt mid-step: fail that step's requests
+                self._on_step_error(RuntimeError("the step was interrupted"))
+                raise
+            return True
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Abort every request and stop the thread (idempotent)."""
@@ -166,26 +197,35 @@ class EngineDriver:
         except BaseException as exc:  # a bug in the driver itself: nobody may wait forever
             logger.exception("the engine driver stopped")
             self.fatal_error = f"the engine driver stopped: {type(exc).__name__}: {exc}"
-            self._end_all(self.fatal_error)
+            with self._engine_lock:
+                self._end_all(self.fatal_error)
             raise
 
     def _run_steps(self) -> None:
         engine = self.engine
         while True:
-            if not self._take_commands(block=not engine.has_unfinished()):
+            # While a generate() call steps, this thread only admits requests (blocking read).
+            idle = self._callers > 0 or not engine.has_unfinished()
+            if not self._take_commands(block=idle):
                 break
-            if not engine.has_unfinished():
+            if self._callers > 0 or not engine.has_unfinished():
                 continue
-            try:
-                finished = engine.step()
-            except Exception as exc:  # noqa: BLE001  (one bad step must not kill the server)
-                self._on_step_error(exc)
-                continue
-            self._failed_steps = 0
-            by_engine_id = self._handles
-            done = {by_engine_id[o.request_id]: o for o in finished if o.request_id in by_engine_id}
-            self._dispatch(list(self._streaming), done)
-        self._end_all(FINISH_MESSAGE_SHUTDOWN)
+            with self._engine_lock:
+                self._step_once()
+        with self._engine_lock:
+            self._end_all(FINISH_MESSAGE_SHUTDOWN)
+
+    def _step_once(self) -> None:
+        """One engine step and its deltas (holding ``_engine_lock``)."""
+        try:
+            finished = self.engine.step()
+        except Exception as exc:  # noqa: BLE001  (one bad step must not kill the server)
+            self._on_step_error(exc)
+            return
+        self._failed_steps = 0
+        by_engine_id = self._handles
+        done = {by_engine_id[o.request_id]: o for o in finished if o.request_id in by_engine_id}
+        self._dispatch(list(self._streaming), done)
 
     def _take_commands(self, block: bool) -> bool:
         """Apply queued commands; False when the driver must stop."""
@@ -197,10 +237,13 @@ class EngineDriver:
             block = False
             if command is _STOP:
                 return False
-            if isinstance(command, _Submission):
-                self._add(command)
-            else:
-                self._abort(command[1])
+            if command is _WAKE:
+                continue
+            with self._engine_lock:
+                if isinstance(command, _Submission):
+                    self._add(command)
+                else:
+                    self._abort(command[1])
 
     def _add(self, submission: _Submission) -> None:
         engine = self.engine
@@ -294,6 +337,24 @@ def _is_fatal(exc: Exception) -> bool:
     if isinstance(exc, (MemoryError, DistributedError)):
         return True
     return "CUDA error" in text or "out of memory" in text
+
+
+def _collect(
+    done: queue.SimpleQueue[OutputDelta],
+    pending: dict[int, int],
+    results: list[RequestOutput | None],
+    timeout: float | None,
+) -> None:
+    """Move finished outputs from ``done`` into ``results``: whatever is there now, or (with a
+    timeout) the first to arrive within it."""
+    while pending:
+        try:
+            delta = done.get(block=timeout is not None, timeout=timeout)
+        except queue.Empty:
+            return
+        timeout = None
+        if delta.request_id in pending:
+            results[pending.pop(delta.request_id)] = delta.output
 
 
 def _deliver(sink: Sink, delta: OutputDelta) -> None:

@@ -154,3 +154,52 @@ def test_a_failing_step_fails_only_its_requests_then_fatal_errors_stop_the_engin
         assert "CUDA error" in llm.driver.fatal_error
         with pytest.raises(EngineDeadError, match="fatal error"):
             llm.driver.submit([5], GREEDY, lambda d: None)
+
+
+def test_generate_steps_on_its_own_thread_and_streams_on_the_driver_thread(llm):
+    """A blocking generate() runs the steps itself (one OpenMP pool per script on CPU, see the
+    driver's docstring); requests without a waiting generate() are stepped by the driver."""
+    engine = llm.engine
+    step_threads: list[str] = []
+    real_step = engine.step
+
+    def recording_step():
+        step_threads.append(threading.current_thread().name)
+        return real_step()
+
+    engine.step = recording_step
+    try:
+        llm.generate(["caller steps"], GREEDY)
+        assert step_threads and set(step_threads) == {threading.current_thread().name}
+        step_threads.clear()
+        finished = threading.Event()
+        llm.driver.submit([5, 6], GREEDY, lambda d: d.finished and finished.set())
+        assert finished.wait(60)
+        assert step_threads and set(step_threads) == {"autodeploy-engine"}
+    finally:
+        del engine.step  # back to the class's method
+
+
+class _InterruptOnce:
+    """Wraps the model; the first call raises KeyboardInterrupt (Ctrl-C during a step)."""
+
+    def __init__(self, model):
+        self.model, self.fired = model, False
+
+    def __call__(self, **kwargs):
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return self.model(**kwargs)
+
+
+def test_ctrl_c_during_a_step_fails_that_step_and_leaves_the_engine_clean():
+    with LLM(model="builtin:tiny-llama", **SETTINGS) as llm:
+        engine = llm.engine
+        engine.model = _InterruptOnce(engine.model)
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["interrupted"], GREEDY)
+        llm.generate("flush", GREEDY)  # the abort of the interrupted request is applied first
+        assert engine.num_running == 0 and engine.kv_cache_usage == 0.0
+        (again,) = llm.generate(["goes on"], GREEDY)
+        assert again.outputs[0].finish_reason == "length" and llm.driver.alive
