@@ -17,6 +17,9 @@ concatenate gate and up on dim 1). We apply the conversions of that shape oursel
 Expert parallelism: a module holding only experts ``[start, stop)`` sets
 ``module.expert_range = (start, stop)`` (its stacked parameters then have ``stop - start``
 rows); the hook writes expert ``e`` to row ``e - start`` and drops the other experts' tensors.
+With tensor parallelism inside the experts it also sets ``module.expert_slices = {param leaf:
+(dim, kept indices, full size of dim)}``: each tensor is cut to the rows (dim 1: gate and up
+parts) or columns (dim 2: down) this rank keeps before it is copied in.
 """
 
 from __future__ import annotations
@@ -111,8 +114,8 @@ class ExpertStacker:
         if not start <= expert < stop:
             progress.written.add((expert, part))  # another rank's expert
             return
-        rows = param.shape[1] // parts
-        expected = (rows, *param.shape[2:])
+        kept = getattr(owner, "expert_slices", {}).get(name.rpartition(".")[2])
+        expected, rows, piece = _local_piece(tuple(param.shape), parts, part, kept)
         if expert - start >= param.shape[0] or tuple(tensor.shape) != expected:
             raise ConfigError(
                 f"Checkpoint tensor {key!r} has shape {tuple(tensor.shape)}, but expert "
@@ -120,7 +123,7 @@ class ExpertStacker:
                 "checkpoint matches the config (num experts, moe intermediate size)."
             )
         with torch.no_grad():
-            param[expert - start, part * rows : (part + 1) * rows].copy_(tensor)
+            param[expert - start, rows].copy_(piece(tensor))
         progress.written.add((expert, part))
 
     def hook(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -153,6 +156,31 @@ class ExpertStacker:
                 f"The checkpoint is missing {len(missing)} expert tensor(s): {shown}. Re-download "
                 "the checkpoint or check that it matches the config (num experts)."
             )
+
+
+def _local_piece(
+    shape: tuple[int, ...], parts: int, part: int, kept: tuple[int, list[int], int] | None
+) -> tuple[tuple[int, ...], slice, Callable[[torch.Tensor], torch.Tensor]]:
+    """For one part of one expert: (full tensor shape, the rows of the local parameter it fills,
+    how to cut the tensor to them). ``kept = (dim, indices, full size)``: the local parameter
+    keeps only ``indices`` of its dim ``dim`` (tensor parallelism inside the experts)."""
+    if kept is None:
+        rows = shape[1] // parts
+        return (rows, *shape[2:]), slice(part * rows, (part + 1) * rows), lambda t: t
+    dim, indices, full_size = kept
+    if dim == 2:  # columns of every part
+        rows = shape[1] // parts
+        columns = torch.tensor(indices)
+        cut = lambda t: t.index_select(1, columns)  # noqa: E731
+        return (rows, full_size), slice(part * rows, (part + 1) * rows), cut
+    # dim 1: the kept rows of this part (indices are rows of the full [parts * rows] dim)
+    full_rows = full_size // parts
+    first = part * full_rows
+    mine = [i - first for i in indices if first <= i < first + full_rows]
+    offset = next(n for n, i in enumerate(indices) if first <= i < first + full_rows)
+    selected = torch.tensor(mine)
+    cut = lambda t: t.index_select(0, selected)  # noqa: E731
+    return (full_rows, *shape[2:]), slice(offset, offset + len(mine)), cut
 
 
 def _missing_key(progress: _Progress, name: str, expert: int, part: int) -> str:

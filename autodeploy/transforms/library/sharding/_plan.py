@@ -10,7 +10,10 @@ each rank keeps its units of every segment, concatenated. KV heads replicated ac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._moe import ExpertSplit
 
 Strategy = Literal["colwise", "rowwise", "gather"]
 Source = Literal["manual", "factory", "heuristic"]
@@ -110,6 +113,7 @@ class ShardingPlan:
     world_size: int
     rank: int
     splits: list[WeightSplit] = field(default_factory=list)
+    experts: list[ExpertSplit] = field(default_factory=list)  # MoE layers (``_moe.py``)
     unsharded: dict[str, str] = field(default_factory=dict)  # module -> reason
     notes: list[str] = field(default_factory=list)
 

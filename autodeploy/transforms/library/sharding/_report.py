@@ -16,6 +16,20 @@ def _bytes(gm: GraphModule, target: str | None) -> tuple[tuple[int, ...], int]:
     return tuple(param.shape), param.numel() * param.element_size()
 
 
+def expert_rows(gm: GraphModule, plan: ShardingPlan) -> list[tuple[str, ...]]:
+    """One row per MoE layer: its experts on this rank, both local stacked weights."""
+    rows = []
+    for split in plan.experts:
+        (up_shape, up_size), (down_shape, down_size) = (
+            _bytes(gm, target) for target in (split.gate_up, split.down)
+        )
+        shapes = ", ".join("x".join(map(str, shape)) for shape in (up_shape, down_shape))
+        size = f"{up_size + down_size:,}"
+        rows.append((split.module, split.describe(plan.rank), split.source, shapes,
+                     "all_reduce", size))  # fmt: skip
+    return rows
+
+
 def format_plan(gm: GraphModule, plan: ShardingPlan) -> str:
     """Per split layer: strategy, source, local weight shape, collective, bytes on this rank;
     then the layers left whole (and why), notes, and this rank's total parameter bytes."""
@@ -34,9 +48,12 @@ def format_plan(gm: GraphModule, plan: ShardingPlan) -> str:
                 f"{size + bias_size:,}",
             )
         )
+    rows += expert_rows(gm, plan)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    moe = f", {len(plan.experts)} MoE layers" if plan.experts else ""
     lines = [
-        f"sharding plan: rank {plan.rank} of {plan.world_size}, {len(plan.splits)} split layers"
+        f"sharding plan: rank {plan.rank} of {plan.world_size}, {len(plan.splits)} split "
+        f"layers{moe}"
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if plan.unsharded:

@@ -28,6 +28,7 @@ from ._heuristic import (
     detect_simple,
     report_leftovers,
 )
+from ._moe import EXPERTS_WHOLE, ROUTER_REASON, detect_moe, moe_grid
 from ._plan import SHARED_KEY, ShardingPlan
 from ._tp_plan import check_manual_plan, plan_from_tp_plan
 
@@ -123,18 +124,22 @@ class DetectSharding(BaseTransform):
             else:
                 self._plan_source(gm, plan, claimed, source, factory, shared_config)
         report_leftovers(gm, plan, claimed)
+        if "ep" in cfg.sharding_dims:
+            for problem in detect_moe(gm, plan, claimed, moe_grid(world, cfg.process_grid)):
+                self.report_problem(shared_config, problem)
         for note in plan.notes:
             self.log_note(note)
         self._report_unsplit(plan, shared_config)
         setattr(shared_config, SHARED_KEY, plan)
-        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+        matches = len(plan.splits) + len(plan.experts)
+        return gm, TransformInfo(num_matches=matches, is_clean=True, has_valid_shapes=True)
 
     def _report_unsplit(self, plan: ShardingPlan, shared_config: SharedConfig) -> None:
         """Linears left whole (every rank computes them in full) are a reported fallback."""
         whole = {
             module: reason
             for module, reason in plan.unsharded.items()
-            if not reason.startswith(REPLICATED_BY_CHOICE)
+            if not reason.startswith((*REPLICATED_BY_CHOICE, ROUTER_REASON, EXPERTS_WHOLE))
         }
         if whole:
             shown = "; ".join(f"{m}: {r}" for m, r in sorted(whole.items())[:4])

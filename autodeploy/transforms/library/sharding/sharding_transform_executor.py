@@ -10,6 +10,7 @@ After::
     o = torch_dist_all_reduce(linear(a, W_o[:, rank cols])) (+ bias after the reduction)
 
 ``gather`` splits add ``torch_dist_all_gather(y, -1, world_size)`` after the linear instead.
+MoE layers keep their experts' share and end in one all-reduce (``_moe.py``).
 Weights are split on the meta device with load hooks (see ``_slicing.py``).
 """
 
@@ -25,6 +26,7 @@ from ...graph_utils import canonicalize_graph, run_shape_prop
 from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
 from ._heuristic import op_name
+from ._moe import apply_expert_split
 from ._plan import SHARED_KEY, ShardingPlan, WeightSplit
 from ._slicing import shard_parameter
 
@@ -115,10 +117,13 @@ class ShardingTransformExecutor(BaseTransform):
         if not isinstance(gm, GraphModule) or plan is None:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         gm.meta[PLAN_META_KEY] = plan
-        if not plan.splits:
+        if not plan.splits and not plan.experts:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         for split in plan.splits:
             apply_split(gm, split, plan.rank, plan.world_size)
+        for expert_split in plan.experts:
+            apply_expert_split(gm, expert_split, plan.rank)
         canonicalize_graph(gm)
         run_shape_prop(gm)  # checks that every local size fits together
-        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+        matches = len(plan.splits) + len(plan.experts)
+        return gm, TransformInfo(num_matches=matches, is_clean=True, has_valid_shapes=True)
