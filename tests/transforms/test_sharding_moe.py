@@ -15,6 +15,9 @@ import torch
 from sharding_helpers import canonical, count_collectives, param_bytes, shard, tiny_dir
 from tiny_models import tiny_model
 
+from autodeploy.models.checkpoint import find_checkpoint_files
+from autodeploy.models.moe_checkpoint import ExpertStacker
+from autodeploy.models.sliced_loading import load_slices_of, read_safetensors_sliced
 from autodeploy.transforms.library.sharding._heuristic import op_name
 from autodeploy.transforms.library.sharding._report import format_plan
 from autodeploy.utils.errors import BuildError, ConfigError
@@ -147,3 +150,17 @@ def test_each_rank_loads_only_its_experts_and_slice(dirs, source):
             torch.testing.assert_close(
                 gm.get_parameter(EXPERTS.format(layer, "down_proj")), down, rtol=0, atol=0
             )
+
+
+def test_other_ranks_expert_tensors_are_never_read(dirs):
+    """The safetensors reader skips the per-expert tensors of experts the rank does not hold."""
+    _, factory = canonical(dirs["qwen3_moe"])
+    gm, _ = shard(dirs["qwen3_moe"], 4, rank=2, detect=GRID)  # experts 2-3, second half of I
+    stacker = ExpertStacker(gm, factory._expert_converters, factory._key_renamer)
+    (path,) = find_checkpoint_files(dirs["qwen3_moe"])
+    read = read_safetensors_sliced(path, load_slices_of(gm), factory._key_renamer,
+                                   stacker.held_elsewhere)  # fmt: skip
+    experts = {int(key.split(".experts.")[1].split(".")[0]) for key in read if ".experts." in key}
+    assert experts == {2, 3}
+    per_expert = [key for key in read if ".experts." in key]
+    assert len(per_expert) == 2 * 2 * 3  # layers x local experts x (gate, up, down)

@@ -117,12 +117,12 @@ class ShardingTransformExecutor(BaseTransform):
         if not isinstance(gm, GraphModule) or plan is None:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         gm.meta[PLAN_META_KEY] = plan
+        for expert_split in plan.experts:
+            apply_expert_split(gm, expert_split, plan.rank)
         if not plan.splits and not plan.experts:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         for split in plan.splits:
             apply_split(gm, split, plan.rank, plan.world_size)
-        for expert_split in plan.experts:
-            apply_expert_split(gm, expert_split, plan.rank)
         canonicalize_graph(gm)
         run_shape_prop(gm)  # checks that every local size fits together
         matches = len(plan.splits) + len(plan.experts)
