@@ -47,7 +47,7 @@ ad = torch.ops.auto_deploy
 aten = torch.ops.aten
 
 MOE_OPS = ("torch_moe", "torch_moe_grouped", "triton_moe_fused")
-ROUTER_REASON = "router: replicated (every rank routes every token to all experts)"
+ROUTER_REASON = "router: replicated (every rank computes the routing of every token)"
 EXPERTS_WHOLE = "experts:"  # prefix of the reason a MoE layer stays whole (reported apart)
 _ROUTER_SEARCH_DEPTH = 12
 
