@@ -35,13 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 from torch.fx import GraphModule, Node
 
 from ._graph import linear_info
 from ._heuristic import op_name
 from ._plan import ShardingPlan
-from ._slicing import SliceOnLoad, shard_parameter, slice_tensor
+from ._slicing import shard_parameter
 
 ad = torch.ops.auto_deploy
 aten = torch.ops.aten
@@ -162,23 +161,6 @@ def detect_moe(
     return problems
 
 
-def _shard_inter(gm: GraphModule, target: str, dim: int, indices: list[int]) -> None:
-    """Keep ``indices`` of ``dim`` (after the expert slice). Not recorded for the lazy reader,
-    which reads the expert slice; this hook then slices the rest."""
-    module_path, _, name = target.rpartition(".")
-    module = gm.get_submodule(module_path)
-    param = getattr(module, name)
-    shape = list(param.shape)
-    full_shape = tuple(shape)
-    shape[dim] = len(indices)
-    if param.device.type == "meta":
-        local = torch.empty(shape, dtype=param.dtype, device="meta")
-    else:
-        local = slice_tensor(param.data, dim, indices)
-    setattr(module, name, nn.Parameter(local, requires_grad=False))
-    gm._register_load_state_dict_pre_hook(SliceOnLoad(target, dim, indices, full_shape))
-
-
 def _insert_all_reduce(gm: GraphModule, node: Node) -> Node:
     with gm.graph.inserting_after(node):
         reduced = gm.graph.call_function(ad.torch_dist_all_reduce.default, (node,))
@@ -198,8 +180,9 @@ def apply_expert_split(gm: GraphModule, split: ExpertSplit, rank: int) -> None:
     if split.tp_size > 1:
         inter = split.inter_indices(rank)
         gate_up_rows = inter + [split.intermediate + i for i in inter]  # gate half | up half
-        _shard_inter(gm, split.gate_up, 1, gate_up_rows)
-        _shard_inter(gm, split.down, 2, inter)
+        # The lazy reader reads the expert slice; a second hook cuts the intermediate slice.
+        shard_parameter(gm, split.gate_up, 1, gate_up_rows, lazy_read=False)
+        shard_parameter(gm, split.down, 2, inter, lazy_read=False)
         leaf = lambda target: target.rpartition(".")[2]  # noqa: E731
         owner.expert_slices = {
             leaf(split.gate_up): (1, gate_up_rows, 2 * split.intermediate),
