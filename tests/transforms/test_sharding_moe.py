@@ -164,3 +164,21 @@ def test_other_ranks_expert_tensors_are_never_read(dirs):
     assert experts == {2, 3}
     per_expert = [key for key in read if ".experts." in key]
     assert len(per_expert) == 2 * 2 * 3  # layers x local experts x (gate, up, down)
+
+
+def test_shared_expert_split_by_tp_and_its_gate_replicated(tmp_path_factory):
+    """Qwen2-MoE: the shared expert is an ordinary MLP (TP), its one-output gate and the router
+    stay whole by choice (no reported problem); one all-reduce for each."""
+    path = tiny_dir(tmp_path_factory, "qwen2_moe")
+    gm, plan = shard(path, 2, rank=1, detect={"sharding_source": ["heuristic"]})
+    found = {s.module: s.strategy for s in plan.splits}
+    shared = "model.layers.0.mlp.shared_expert."
+    assert [found[shared + name] for name in ("gate_proj", "up_proj", "down_proj")] == [
+        "colwise",
+        "colwise",
+        "rowwise",
+    ]
+    assert plan.unsharded["model.layers.0.mlp.shared_expert_gate"].startswith("moe gate:")
+    assert plan.unsharded["model.layers.0.mlp.gate"].startswith("router:")
+    assert not gm.meta["_autodeploy"]["problems"]
+    assert [s.describe(1) for s in plan.experts] == ["ep: experts 2-3 of 4"]  # layer 1 is dense

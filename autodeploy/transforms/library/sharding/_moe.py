@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
-from ._graph import linear_info
+from ._graph import all_linears, linear_info
 from ._heuristic import op_name
 from ._plan import ShardingPlan
 from ._slicing import shard_parameter
@@ -47,7 +47,10 @@ aten = torch.ops.aten
 
 MOE_OPS = ("torch_moe", "torch_moe_grouped", "triton_moe_fused")
 ROUTER_REASON = "router: replicated (every rank computes the routing of every token)"
+GATE_REASON = "moe gate: replicated (fewer outputs than ranks; a per-token scale)"
 EXPERTS_WHOLE = "experts:"  # prefix of the reason a MoE layer stays whole (reported apart)
+# Reasons detect_sharding does not report as "linears left whole": by choice, or reported here.
+MOE_REASONS = ("router:", "moe gate:", EXPERTS_WHOLE)
 _ROUTER_SEARCH_DEPTH = 12
 
 
@@ -125,6 +128,22 @@ def _routers(gm: GraphModule, node: object) -> list[str]:
     return found
 
 
+def _replicate_small_linears(
+    gm: GraphModule, plan: ShardingPlan, claimed: set[str], node: Node, block: str
+) -> None:
+    """The router, and linears of the MoE block too small to split (Qwen2-MoE's
+    ``shared_expert_gate``: one output), stay whole on purpose: listed, not reported."""
+    split_modules = {s.module for s in plan.splits if s.node in claimed}
+    routers = set(_routers(gm, node.args[1]) + _routers(gm, node.args[2])) - split_modules
+    for router in routers:
+        plan.unsharded[router] = ROUTER_REASON
+    for info in all_linears(gm):
+        small = info.out_features < plan.world_size
+        whole = info.module not in split_modules | routers
+        if small and whole and info.module.startswith(f"{block}."):
+            plan.unsharded[info.module] = GATE_REASON
+
+
 def detect_moe(
     gm: GraphModule, plan: ShardingPlan, claimed: set[str], grid: tuple[int, int]
 ) -> list[str]:
@@ -140,9 +159,7 @@ def detect_moe(
             continue
         module = gate_up.rpartition(".")[0]
         num_experts, hidden, intermediate = gm.get_parameter(down).shape
-        for router in _routers(gm, node.args[1]) + _routers(gm, node.args[2]):
-            if router not in {s.module for s in plan.splits if s.node in claimed}:
-                plan.unsharded[router] = ROUTER_REASON
+        _replicate_small_linears(gm, plan, claimed, node, module.rpartition(".")[0])
         reason = None
         if num_experts % ep_size:
             reason = f"{num_experts} experts are not divisible by ep={ep_size}"

@@ -28,7 +28,7 @@ from ._heuristic import (
     detect_simple,
     report_leftovers,
 )
-from ._moe import EXPERTS_WHOLE, ROUTER_REASON, detect_moe, moe_grid
+from ._moe import MOE_REASONS, detect_moe, moe_grid
 from ._plan import SHARED_KEY, ShardingPlan
 from ._tp_plan import check_manual_plan, plan_from_tp_plan
 
@@ -139,7 +139,7 @@ class DetectSharding(BaseTransform):
         whole = {
             module: reason
             for module, reason in plan.unsharded.items()
-            if not reason.startswith((*REPLICATED_BY_CHOICE, ROUTER_REASON, EXPERTS_WHOLE))
+            if not reason.startswith((*REPLICATED_BY_CHOICE, *MOE_REASONS))
         }
         if whole:
             shown = "; ".join(f"{m}: {r}" for m, r in sorted(whole.items())[:4])
