@@ -154,11 +154,14 @@ def detect_moe(
     for node in [n for n in gm.graph.nodes if op_name(n) in MOE_OPS]:
         gate_up, down = (_param_target(gm, arg) for arg in node.args[3:5])
         if gate_up is None or down is None:
-            problems.append(f"MoE node {node.name}: expert weights are not parameters")
+            problems.append(
+                f"MoE node {node.name}: its expert weights are not parameters, so every rank "
+                "holds all experts (a model whose experts are computed weights is not split)."
+            )
             plan.unsharded[node.name] = f"{EXPERTS_WHOLE} weights are not parameters"
             continue
         module = gate_up.rpartition(".")[0]
-        num_experts, hidden, intermediate = gm.get_parameter(down).shape
+        num_experts, _, intermediate = gm.get_parameter(down).shape
         _replicate_small_linears(gm, plan, claimed, node, module.rpartition(".")[0])
         reason = None
         if num_experts % ep_size:
