@@ -6,7 +6,12 @@ from torch.fx import GraphModule
 
 from ._plan import ShardingPlan
 
-_COLLECTIVE = {"colwise": "-", "rowwise": "all_reduce", "gather": "all_gather(dim=-1)"}
+_COLLECTIVE = {
+    "colwise": "-",
+    "rowwise": "all_reduce",
+    "gather": "all_gather(dim=-1)",
+    "mamba": "- (mixer: heads, groups, conv channels)",
+}
 
 
 def _bytes(gm: GraphModule, target: str | None) -> tuple[tuple[int, ...], int]:

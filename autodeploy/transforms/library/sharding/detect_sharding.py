@@ -29,6 +29,7 @@ from ._heuristic import (
     report_leftovers,
 )
 from ._plan import SHARED_KEY, ShardingPlan
+from ._ssm import detect_ssm, report_unsplit_mixers, ssm_from_tp_plan
 from ._tp_plan import check_manual_plan, plan_from_tp_plan
 
 SOURCES = ("manual", "factory", "heuristic")
@@ -45,7 +46,8 @@ class ManualConfig(BaseModel):
     )
     tp_plan: dict[str, str] = Field(
         default_factory=dict,
-        description="Module-path pattern (`*` = one component) -> colwise | rowwise | gather.",
+        description="Module-path pattern (`*` = one component) -> colwise | rowwise | gather "
+        "| mamba (a Mamba mixer module: heads, groups and conv channels split together).",
     )
 
 
@@ -168,6 +170,10 @@ class DetectSharding(BaseTransform):
         if self.config.simple_shard_only:
             detect_simple(gm, plan, claimed)
             return
+        if "ssm" in self.config.sharding_dims:
+            detect_ssm(gm, plan, claimed)
+        else:
+            report_unsplit_mixers(gm, plan, claimed)
         if "tp" in self.config.sharding_dims:
             detect_attention(gm, plan, claimed)
             detect_mlp(gm, plan, claimed)
@@ -179,6 +185,7 @@ class DetectSharding(BaseTransform):
             if not tp_plan:
                 return
             check_manual_plan(tp_plan, all_linears(gm))
+            ssm_from_tp_plan(gm, plan, tp_plan, claimed)
             head_dim = self.config.manual_config.head_dim
         else:
             sharding = factory.get_sharding_config() if factory is not None else {}

@@ -27,6 +27,7 @@ from ...registry import TransformRegistry
 from ._heuristic import op_name
 from ._plan import SHARED_KEY, ShardingPlan, WeightSplit
 from ._slicing import shard_parameter
+from ._ssm import apply_ssm_layer
 
 ad = torch.ops.auto_deploy
 PLAN_META_KEY = "sharding_plan"
@@ -94,7 +95,7 @@ def apply_split(gm: GraphModule, split: WeightSplit, rank: int, world_size: int)
         shard_parameter(gm, split.bias, 0, split.indices(rank))
     if split.strategy == "gather":
         _insert_after(gm, node, ad.torch_dist_all_gather.default, -1, world_size)
-    else:
+    elif split.strategy == "colwise":  # mamba: the mixer's sizes are rewritten by _ssm.py
         _rewrite_local_sizes(split, node, rank)
 
 
@@ -119,6 +120,8 @@ class ShardingTransformExecutor(BaseTransform):
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         for split in plan.splits:
             apply_split(gm, split, plan.rank, plan.world_size)
+        for layer in plan.ssm_layers:
+            apply_ssm_layer(gm, layer)
         canonicalize_graph(gm)
         run_shape_prop(gm)  # checks that every local size fits together
         return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
