@@ -7,9 +7,9 @@ replicated, the gated norm's sum of squares all-reduced).
 
 from __future__ import annotations
 
-from torch.fx import GraphModule
-from test_multi_rank import GREEDY, PROMPTS, SETTINGS, hf_greedy, tokens, worker_pids
+from test_multi_rank import PROMPTS, SETTINGS, hf_greedy, tokens, worker_pids
 from tiny_models import save_tiny
+from torch.fx import GraphModule
 
 from autodeploy import LLM
 from autodeploy.runtime.all_token_logits import find_graph_module

@@ -99,10 +99,9 @@ def _chunk(node: Node, split: Node | None = None) -> tuple[Node, int]:
     return node.args[0], int(node.args[1])
 
 
-def _param(gm: GraphModule, node: object) -> str:
-    views: list[Node] = []
+def _param(node: object) -> str:
+    """The parameter behind A (``-exp(A_log)``), D or dt_bias."""
     while isinstance(node, Node) and op_name(node) in (*_VIEWS, "exp", "neg"):
-        views.append(node)
         node = node.args[0]
     if not isinstance(node, Node) or node.op != "get_attr":
         raise _Unrecognized("A, D or dt_bias is not a parameter")
@@ -160,9 +159,9 @@ def _trace_mixer(gm: GraphModule, ssm: Node) -> _Mixer:
         views=views,
         norm=norm,
         params={
-            "A_log": _param(gm, a_arg),
-            "D": _param(gm, d_arg),
-            "dt_bias": _param(gm, dt_bias_arg),
+            "A_log": _param(a_arg),
+            "D": _param(d_arg),
+            "dt_bias": _param(dt_bias_arg),
         },
     )
 
@@ -344,7 +343,7 @@ def detect_ssm(
 
 def report_unsplit_mixers(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> None:
     """Without ``ssm`` in sharding_dims: name the mixers left whole, with the hint."""
-    for ssm, mixer in _mixers(gm):
+    for _, mixer in _mixers(gm):
         if isinstance(mixer, _Mixer) and mixer.in_proj.node.name not in claimed:
             plan.unsharded[mixer.module] = ADD_SSM_HINT
 
