@@ -118,6 +118,7 @@ class ShardingPlan:
     unsharded: dict[str, str] = field(default_factory=dict)  # module -> reason
     notes: list[str] = field(default_factory=list)
     ssm_layers: list = field(default_factory=list)  # _ssm.SsmLayer: a mixer's other parameters
+    bmm_splits: list = field(default_factory=list)  # _bmm.BmmSplit: batched matmuls over heads
 
     def claimed(self) -> set[str]:
         return {split.node for split in self.splits}

@@ -19,6 +19,7 @@ from ...base import BaseTransform
 from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, SHARDING_PLAN
 from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
+from ._bmm import detect_bmm
 from ._graph import all_linears
 from ._heuristic import (
     REPLICATED_BY_CHOICE,
@@ -125,11 +126,14 @@ class DetectSharding(BaseTransform):
             else:
                 self._plan_source(gm, plan, claimed, source, factory, shared_config)
         report_leftovers(gm, plan, claimed)
+        if "bmm" in cfg.sharding_dims and "heuristic" in cfg.sharding_source:
+            detect_bmm(gm, plan)  # after report_leftovers, which keeps entries of linears only
         for note in plan.notes:
             self.log_note(note)
         self._report_unsplit(plan, shared_config)
         setattr(shared_config, SHARED_KEY, plan)
-        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+        matches = len(plan.splits) + len(plan.bmm_splits)
+        return gm, TransformInfo(num_matches=matches, is_clean=True, has_valid_shapes=True)
 
     def _report_unsplit(self, plan: ShardingPlan, shared_config: SharedConfig) -> None:
         """Linears left whole (every rank computes them in full) are a reported fallback."""

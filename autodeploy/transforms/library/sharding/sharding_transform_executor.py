@@ -24,6 +24,7 @@ from ...facts import EXPORTED_GRAPH, SHARDING_PLAN, WEIGHTS_SHARDED
 from ...graph_utils import canonicalize_graph, run_shape_prop
 from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
+from ._bmm import apply_bmm_split
 from ._heuristic import op_name
 from ._plan import SHARED_KEY, ShardingPlan, WeightSplit
 from ._slicing import shard_parameter
@@ -116,12 +117,15 @@ class ShardingTransformExecutor(BaseTransform):
         if not isinstance(gm, GraphModule) or plan is None:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         gm.meta[PLAN_META_KEY] = plan
-        if not plan.splits:
+        if not plan.splits and not plan.bmm_splits:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         for split in plan.splits:
             apply_split(gm, split, plan.rank, plan.world_size)
         for layer in plan.ssm_layers:
             apply_ssm_layer(gm, layer)
+        for bmm in plan.bmm_splits:
+            apply_bmm_split(gm, bmm, plan.world_size)
         canonicalize_graph(gm)
         run_shape_prop(gm)  # checks that every local size fits together
-        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+        matches = len(plan.splits) + len(plan.bmm_splits)
+        return gm, TransformInfo(num_matches=matches, is_clean=True, has_valid_shapes=True)
