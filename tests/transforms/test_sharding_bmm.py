@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue as queue_module
+import re
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from sharding_helpers import count_collectives
 from autodeploy.transforms import InferenceOptimizer
 from autodeploy.transforms.interface import SharedConfig
 from autodeploy.transforms.library.sharding._heuristic import op_name
+from autodeploy.transforms.library.sharding._report import format_plan
 from autodeploy.transforms.library.sharding.sharding_transform_executor import PLAN_META_KEY
 
 VOCAB, HIDDEN, HEADS, HEAD_DIM = 64, 32, 4, 8
@@ -79,6 +81,9 @@ def test_bmm_weight_split_slice_and_gather():
     assert gather.args[0] is bmm and gather.args[1:] == (0, 2)
     assert count_collectives(gm) == (0, 1)  # only "bmm": the MLP and head stay whole
     assert any("head_mix: batched matmul split 4 -> 2 heads" in note for note in plan.notes)
+    assert re.search(
+        r"head_mix +bmm +heuristic +2x8x8 +all_gather\(dim=0\) +512", format_plan(gm, plan)
+    )
 
 
 def test_heads_not_divisible_are_reported():

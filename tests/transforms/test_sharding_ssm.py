@@ -6,6 +6,7 @@ Numbers across real ranks: tests/distributed/test_ssm_sharding.py.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from tiny_models import save_tiny
 
 from autodeploy.custom_ops.mamba.descriptor import CausalConvDescriptor, SSMDescriptor
 from autodeploy.transforms.library.sharding._heuristic import op_name
+from autodeploy.transforms.library.sharding._report import format_plan
 from autodeploy.utils.errors import BuildError, ConfigError
 
 SSM = {"sharding_dims": ["tp", "ssm"]}
@@ -57,6 +59,10 @@ def test_local_shapes_and_one_all_reduce_per_mixer(nemotron):
     z, x, dt = range(64, 128), range(192, 256), range(324, 328)
     assert rows == [*z, *x, *range(272, 288), *range(304, 320), *dt]
     assert in_proj.strategy == "mamba" and in_proj.source == "heuristic"
+    table = format_plan(gm, plan)  # explain_sharding's table: the mixer's other parameters
+    bytes_ = (96 * 4 + 96 + 3 * 4 + 64) * 4
+    assert re.search(rf"{MIXER[:-1]} \(conv, A, D, dt, norm\) +mamba +heuristic +4 heads, 1 grp"
+                     rf" +- +{bytes_:,}", table)  # fmt: skip
 
 
 def test_state_caches_are_sized_per_rank(nemotron):

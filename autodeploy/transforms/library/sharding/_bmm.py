@@ -99,3 +99,14 @@ def apply_bmm_split(gm: GraphModule, split: BmmSplit, world_size: int) -> None:
     with gm.graph.inserting_after(node):
         gathered = gm.graph.call_function(ad.torch_dist_all_gather.default, (node, 0, world_size))
     node.replace_all_uses_with(gathered, delete_user_cb=lambda user: user is not gathered)
+
+
+def bmm_rows(gm: GraphModule, plan: ShardingPlan) -> list[tuple[str, ...]]:
+    """Plan-table rows for the split batched-matmul weights."""
+    rows = []
+    for split in plan.bmm_splits:
+        value = gm.get_parameter(split.weight)
+        shape = "x".join(map(str, value.shape))
+        size = f"{value.numel() * value.element_size():,}"
+        rows.append((split.weight, "bmm", "heuristic", shape, "all_gather(dim=0)", size))
+    return rows

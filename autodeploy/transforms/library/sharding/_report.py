@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
+from ._bmm import bmm_rows
 from ._plan import ShardingPlan
+from ._ssm import ssm_rows
 
 _COLLECTIVE = {
     "colwise": "-",
     "rowwise": "all_reduce",
     "gather": "all_gather(dim=-1)",
-    "mamba": "- (mixer: heads, groups, conv channels)",
+    "mamba": "-",  # the mixer's out_proj reduces
 }
 
 
@@ -39,6 +41,7 @@ def format_plan(gm: GraphModule, plan: ShardingPlan) -> str:
                 f"{size + bias_size:,}",
             )
         )
+    rows += ssm_rows(gm, plan) + bmm_rows(gm, plan)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         f"sharding plan: rank {plan.rank} of {plan.world_size}, {len(plan.splits)} split layers"

@@ -58,6 +58,7 @@ class SsmLayer:
     sharded_norm: str | None = None  # gated norm whose one group spans every rank
     note: str = ""
     local_sizes: dict[str, int] = field(default_factory=dict)
+    source: str = "heuristic"
 
 
 @dataclass
@@ -274,7 +275,7 @@ def _plan_mixer(gm: GraphModule, mixer: _Mixer, plan: ShardingPlan, source: str)
         segments=[even_segment(num_heads, head_dim, world)],
     )
     sizes = {"heads": local_heads, "groups": local_groups}
-    layer = SsmLayer(mixer.module, params, literals, sharded_norm, note, sizes)
+    layer = SsmLayer(mixer.module, params, literals, sharded_norm, note, sizes, source)
     return in_split, out_split, layer
 
 
@@ -408,3 +409,26 @@ def _shard_gated_norm(gm: GraphModule, norm: Node) -> None:
         out = call(aten.mul.Tensor, (weight, y))
     norm.replace_all_uses_with(out)
     graph.erase_node(norm)
+
+
+def ssm_rows(gm: GraphModule, plan: ShardingPlan) -> list[tuple[str, ...]]:
+    """Plan-table rows for each mixer's parameters besides in_proj / out_proj."""
+    rows = []
+    for layer in plan.ssm_layers:
+        size = 0
+        for target, _, _ in layer.params:
+            value = gm.get_parameter(target)
+            size += value.numel() * value.element_size()
+        local = f"{layer.local_sizes['heads']} heads, {layer.local_sizes['groups']} grp"
+        collective = "all_reduce (norm)" if layer.sharded_norm else "-"
+        rows.append(
+            (
+                f"{layer.module} (conv, A, D, dt, norm)",
+                "mamba",
+                layer.source,
+                local,
+                collective,
+                f"{size:,}",
+            )
+        )
+    return rows
