@@ -29,23 +29,18 @@ from torch.fx import GraphModule, Node
 
 from ....utils.errors import ConfigError
 from ....utils.suggest import did_you_mean
-from ._graph import LinearInfo, linear_info, shape_of
-from ._heuristic import op_name
+from ._graph import LinearInfo, shape_of
 from ._plan import Segment, ShardingPlan, WeightSplit, even_segment, segment_indices
 from ._slicing import shard_parameter
+from ._ssm_trace import MambaMixer, mixer_module, trace_mixers
 from ._tp_plan import _pattern_regex as pattern_regex
 
 aten = torch.ops.aten
 ad = torch.ops.auto_deploy
-_VIEWS = ("view", "reshape", "_unsafe_view", "contiguous", "to", "_to_copy")
 ADD_SSM_HINT = (
     "Mamba mixer: add 'ssm' to detect_sharding.sharding_dims (or a 'mamba' tp_plan entry) "
     "to split its heads over ranks"
 )
-
-
-class _Unrecognized(Exception):
-    """The mixer around a ``torch_ssm`` node does not have the expected layout."""
 
 
 @dataclass
@@ -61,112 +56,6 @@ class SsmLayer:
     source: str = "heuristic"
 
 
-@dataclass
-class _Mixer:
-    """The nodes of one exported mixer."""
-
-    ssm: Node
-    in_proj: LinearInfo
-    out_proj: LinearInfo
-    in_split: Node
-    in_roles: list[str]  # per in_proj chunk: z, xbc, dt
-    conv: Node
-    conv_split: Node
-    conv_roles: list[str]  # per conv chunk: x, B, C
-    views: dict[str, list[Node]]  # role -> view/reshape nodes to rewrite
-    norm: Node | None
-    params: dict[str, str]  # A_log, D, dt_bias -> parameter target
-
-    @property
-    def module(self) -> str:
-        return self.in_proj.module.rpartition(".")[0]
-
-
-def _back_through_views(node: object, views: list[Node]) -> Node:
-    while isinstance(node, Node) and op_name(node) in _VIEWS:
-        views.append(node)
-        node = node.args[0]
-    if not isinstance(node, Node):
-        raise _Unrecognized("an SSM input is not computed in the graph")
-    return node
-
-
-def _chunk(node: Node, split: Node | None = None) -> tuple[Node, int]:
-    """(split_with_sizes node, index) of a getitem of a split."""
-    if op_name(node) != "getitem" or op_name(node.args[0]) != "split_with_sizes":
-        raise _Unrecognized(f"{node.name} is not a chunk of a split_with_sizes")
-    if split is not None and node.args[0] is not split:
-        raise _Unrecognized(f"{node.name} comes from another split")
-    return node.args[0], int(node.args[1])
-
-
-def _param(node: object) -> str:
-    """The parameter behind A (``-exp(A_log)``), D or dt_bias."""
-    while isinstance(node, Node) and op_name(node) in (*_VIEWS, "exp", "neg"):
-        node = node.args[0]
-    if not isinstance(node, Node) or node.op != "get_attr":
-        raise _Unrecognized("A, D or dt_bias is not a parameter")
-    return str(node.target)
-
-
-def _roles(split: Node, by_index: dict[int, str], what: str) -> list[str]:
-    count = len(split.args[1])
-    if sorted(by_index) != list(range(count)):
-        raise _Unrecognized(f"the {what} split has chunks the mixer does not use as expected")
-    return [by_index[i] for i in range(count)]
-
-
-def _trace_mixer(gm: GraphModule, ssm: Node) -> _Mixer:
-    x_arg, a_arg, b_arg, c_arg, d_arg, dt_arg, dt_bias_arg = ssm.args[:7]
-    views: dict[str, list[Node]] = {role: [] for role in ("x", "B", "C", "dt", "y")}
-    conv_split, ix = _chunk(_back_through_views(x_arg, views["x"]))
-    _, ib = _chunk(_back_through_views(b_arg, views["B"]), conv_split)
-    _, ic = _chunk(_back_through_views(c_arg, views["C"]), conv_split)
-    conv = _back_through_views(conv_split.args[0], [])
-    while op_name(conv) in ("silu",):
-        conv = conv.args[0]
-    if op_name(conv) != "torch_causal_conv1d":
-        raise _Unrecognized("x, B and C do not come from one torch_causal_conv1d")
-    in_split, ixbc = _chunk(_back_through_views(conv.args[0], []))
-    _, idt = _chunk(_back_through_views(dt_arg, views["dt"]), in_split)
-    in_roles = {ixbc: "xbc", idt: "dt"}
-    in_proj = linear_info(gm, _back_through_views(in_split.args[0], []))
-    node, norm = ssm, None
-    while True:  # forward: views, the gated norm, views, out_proj
-        if len(node.users) != 1:
-            raise _Unrecognized("the SSM output has several users")
-        (user,) = node.users
-        if op_name(user) == "torch_rmsnorm_gated" and norm is None and user.args[0] is node:
-            norm = user
-            _, iz = _chunk(_back_through_views(user.args[2], []), in_split)
-            in_roles[iz] = "z"
-        elif op_name(user) in _VIEWS:
-            views["y"].append(user)
-        else:
-            break
-        node = user
-    out_proj = linear_info(gm, user)
-    if in_proj is None or out_proj is None or user.args[0] is not node:
-        raise _Unrecognized("in_proj / out_proj are not linears with parameter weights")
-    return _Mixer(
-        ssm=ssm,
-        in_proj=in_proj,
-        out_proj=out_proj,
-        in_split=in_split,
-        in_roles=_roles(in_split, in_roles, "in_proj"),
-        conv=conv,
-        conv_split=conv_split,
-        conv_roles=_roles(conv_split, {ix: "x", ib: "B", ic: "C"}, "conv"),
-        views=views,
-        norm=norm,
-        params={
-            "A_log": _param(a_arg),
-            "D": _param(d_arg),
-            "dt_bias": _param(dt_bias_arg),
-        },
-    )
-
-
 def _rewrite_shape(node: Node, last: dict[int, int], second_last: dict[int, int]) -> tuple:
     shape = node.args[1] if len(node.args) > 1 else None
     if not isinstance(shape, list | tuple):
@@ -179,134 +68,118 @@ def _rewrite_shape(node: Node, last: dict[int, int], second_last: dict[int, int]
     return (node.args[0], new, *node.args[2:])
 
 
-def _plan_mixer(gm: GraphModule, mixer: _Mixer, plan: ShardingPlan, source: str):
-    """(in_proj split, out_proj split, SsmLayer) for ``plan.rank``, or a reason string."""
-    world, rank = plan.world_size, plan.rank
+def _groups_and_norm(mixer: MambaMixer, world: int) -> tuple[Segment, str | None, str] | str:
+    """(groups segment, gated norm to all-reduce or None, note), or why the mixer stays whole."""
     _, _, num_heads, head_dim = shape_of(mixer.ssm.args[0])
     _, _, num_groups, state_size = shape_of(mixer.ssm.args[2])
-    if num_heads % world:
-        return f"num_heads={num_heads} of the SSM is not divisible by world_size={world}"
-    heads = even_segment(num_heads, head_dim, world)
-    note = ""
+    notes = []
     if num_groups % world == 0:
         groups = even_segment(num_groups, state_size, world)
     elif num_groups == 1:
         groups = Segment(1, state_size, [[0]] * world)
-        note = f"1 SSM group (B, C) replicated over {world} ranks"
+        notes.append(f"1 SSM group (B, C) replicated over {world} ranks")
     else:
         return f"n_groups={num_groups} of the SSM is neither 1 nor divisible by world_size={world}"
-    sharded_norm = None
-    if mixer.norm is not None:
-        group_size, width = int(mixer.norm.args[4]), num_heads * head_dim
-        if (width // world) % group_size == 0:
-            pass  # every rank holds whole norm groups
-        elif group_size == width:
-            sharded_norm = mixer.norm.name
-            note = (note + "; " if note else "") + "gated norm over all heads: its sum of "
-            note += "squares is all-reduced"
-        else:
-            return (
-                f"the gated norm's groups of {group_size} channels do not fit in a rank's "
-                f"{width // world} channels (world_size={world})"
-            )
-    unit = {
-        "z": heads,
-        "x": heads,
-        "B": groups,
-        "C": groups,
-        "dt": Segment(num_heads, 1, heads.kept),
-    }
+    if mixer.norm is None:
+        return groups, None, "; ".join(notes)
+    group_size, width = int(mixer.norm.args[4]), num_heads * head_dim
+    if (width // world) % group_size == 0:  # every rank holds whole norm groups
+        return groups, None, "; ".join(notes)
+    if group_size == width:
+        notes.append("gated norm over all heads: its sum of squares is all-reduced")
+        return groups, mixer.norm.name, "; ".join(notes)
+    return (
+        f"the gated norm's groups of {group_size} channels do not fit in a rank's "
+        f"{width // world} channels (world_size={world})"
+    )
+
+
+def _literals(mixer: MambaMixer, unit: dict[str, Segment], rank: int) -> dict[str, tuple]:
+    """The new args of the mixer's split and view nodes: this rank's sizes."""
+    heads, groups = unit["x"], unit["B"]
     conv_segments = [unit[role] for role in mixer.conv_roles]
-    in_segments: list[Segment] = []
-    for role in mixer.in_roles:
-        in_segments += conv_segments if role == "xbc" else [unit[role]]
-    expected = sum(s.size for s in in_segments)
-    if expected != mixer.in_proj.out_features or mixer.out_proj.in_features != heads.size:
-        return "in_proj / out_proj sizes do not match the SSM's heads and groups"
-    head_idx = segment_indices([Segment(num_heads, 1, heads.kept)], rank)
-    params = [(mixer.params[name], 0, head_idx) for name in ("A_log", "D", "dt_bias")]
-    for target in mixer.params.values():
-        if tuple(gm.get_parameter(target).shape) != (num_heads,):
-            return f"{target} is not one value per head"
-    conv_idx = segment_indices(conv_segments, rank)
-    params.append((str(mixer.conv.args[1].target), 0, conv_idx))
-    if len(mixer.conv.args) > 2 and isinstance(mixer.conv.args[2], Node):
-        params.append((str(mixer.conv.args[2].target), 0, conv_idx))
-    if mixer.norm is not None:
-        params.append((str(mixer.norm.args[1].target), 0, segment_indices([heads], rank)))
-    local_heads, local_groups = len(heads.kept[rank]), len(groups.kept[rank])
+    in_sizes = [
+        sum(s.local_size(rank) for s in conv_segments)
+        if role == "xbc"
+        else unit[role].local_size(rank)
+        for role in mixer.in_roles
+    ]
+    conv_sizes = [segment.local_size(rank) for segment in conv_segments]
     literals = {
-        mixer.in_split.name: _local_split(
-            mixer.in_split, mixer.in_roles, conv_segments, unit, rank
-        ),
-        mixer.conv_split.name: (
-            mixer.conv_split.args[0],
-            [unit[role].local_size(rank) for role in mixer.conv_roles],
-            *mixer.conv_split.args[2:],
-        ),
+        split.name: (split.args[0], sizes, *split.args[2:])
+        for split, sizes in ((mixer.in_split, in_sizes), (mixer.conv_split, conv_sizes))
     }
-    heads_map = {num_heads: local_heads}
+    heads_map = {heads.num_units: len(heads.kept[rank])}
     for role, nodes in mixer.views.items():
         if role in ("B", "C"):
-            last, second = {groups.size: groups.local_size(rank)}, {num_groups: local_groups}
+            last = {groups.size: groups.local_size(rank)}
+            second = {groups.num_units: len(groups.kept[rank])}
         elif role == "dt":
             last, second = heads_map, {}
         else:
             last, second = {heads.size: heads.local_size(rank)}, heads_map
         for node in nodes:
             literals[node.name] = _rewrite_shape(node, last, second)
-    in_split = WeightSplit(
-        node=mixer.in_proj.node.name,
-        module=mixer.in_proj.module,
-        weight=mixer.in_proj.weight,
-        bias=mixer.in_proj.bias,
-        strategy="mamba",
+    return literals
+
+
+def _plan_mixer(gm: GraphModule, mixer: MambaMixer, plan: ShardingPlan, source: str):
+    """(in_proj split, out_proj split, SsmLayer) for ``plan.rank``, or a reason string."""
+    world, rank = plan.world_size, plan.rank
+    _, _, num_heads, head_dim = shape_of(mixer.ssm.args[0])
+    if num_heads % world:
+        return f"num_heads={num_heads} of the SSM is not divisible by world_size={world}"
+    found = _groups_and_norm(mixer, world)
+    if isinstance(found, str):
+        return found
+    groups, sharded_norm, note = found
+    heads = even_segment(num_heads, head_dim, world)
+    per_head = Segment(num_heads, 1, heads.kept)
+    unit = {"z": heads, "x": heads, "B": groups, "C": groups, "dt": per_head}
+    conv_segments = [unit[role] for role in mixer.conv_roles]
+    in_segments: list[Segment] = []
+    for role in mixer.in_roles:
+        in_segments += conv_segments if role == "xbc" else [unit[role]]
+    if (
+        sum(s.size for s in in_segments) != mixer.in_proj.out_features
+        or mixer.out_proj.in_features != heads.size
+    ):
+        return "in_proj / out_proj sizes do not match the SSM's heads and groups"
+    for target in mixer.params.values():
+        if tuple(gm.get_parameter(target).shape) != (num_heads,):
+            return f"{target} is not one value per head"
+    head_idx = segment_indices([per_head], rank)
+    params = [(target, 0, head_idx) for target in mixer.params.values()]
+    conv_idx = segment_indices(conv_segments, rank)
+    params += [
+        (str(arg.target), 0, conv_idx) for arg in mixer.conv.args[1:3] if isinstance(arg, Node)
+    ]
+    if mixer.norm is not None:
+        params.append((str(mixer.norm.args[1].target), 0, segment_indices([heads], rank)))
+    sizes = {"heads": len(heads.kept[rank]), "groups": len(groups.kept[rank])}
+    layer = SsmLayer(
+        mixer.module, params, _literals(mixer, unit, rank), sharded_norm, note, sizes, source
+    )
+    return (
+        _weight_split(mixer.in_proj, "mamba", source, in_segments, note),
+        _weight_split(mixer.out_proj, "rowwise", source, [heads]),
+        layer,
+    )
+
+
+def _weight_split(
+    info: LinearInfo, strategy: str, source: str, segments: list[Segment], note: str = ""
+) -> WeightSplit:
+    return WeightSplit(
+        node=info.node.name,
+        module=info.module,
+        weight=info.weight,
+        bias=info.bias,
+        strategy=strategy,  # type: ignore[arg-type]
         source=source,  # type: ignore[arg-type]
-        segments=in_segments,
+        segments=segments,
         note=note,
     )
-    out_split = WeightSplit(
-        node=mixer.out_proj.node.name,
-        module=mixer.out_proj.module,
-        weight=mixer.out_proj.weight,
-        bias=mixer.out_proj.bias,
-        strategy="rowwise",
-        source=source,  # type: ignore[arg-type]
-        segments=[even_segment(num_heads, head_dim, world)],
-    )
-    sizes = {"heads": local_heads, "groups": local_groups}
-    layer = SsmLayer(mixer.module, params, literals, sharded_norm, note, sizes, source)
-    return in_split, out_split, layer
-
-
-def _local_split(split: Node, roles: list[str], conv_segments, unit, rank: int) -> tuple:
-    sizes = [
-        sum(s.local_size(rank) for s in conv_segments)
-        if role == "xbc"
-        else unit[role].local_size(rank)
-        for role in roles
-    ]
-    return (split.args[0], sizes, *split.args[2:])
-
-
-def _mixers(gm: GraphModule) -> list[tuple[Node, _Mixer | str]]:
-    """Every ``torch_ssm`` node with its traced mixer, or why it could not be traced."""
-    found: list[tuple[Node, _Mixer | str]] = []
-    for node in gm.graph.nodes:
-        if op_name(node) == "torch_ssm":
-            try:
-                found.append((node, _trace_mixer(gm, node)))
-            except _Unrecognized as exc:
-                found.append((node, str(exc)))
-    return found
-
-
-def _module_of(gm: GraphModule, ssm: Node, mixer: _Mixer | str) -> str:
-    if isinstance(mixer, _Mixer):
-        return mixer.module
-    stack = ssm.meta.get("nn_module_stack") or {}
-    paths = [str(path) for path, _ in stack.values()]
-    return paths[-1] if paths else ssm.name
 
 
 def detect_ssm(
@@ -319,8 +192,8 @@ def detect_ssm(
     """Split the mixers (those matching ``patterns`` when given); return the matched modules."""
     regexes = [pattern_regex(p) for p in patterns or []]
     matched: list[str] = []
-    for ssm, mixer in _mixers(gm):
-        module = _module_of(gm, ssm, mixer)
+    for ssm, mixer in trace_mixers(gm):
+        module = mixer_module(gm, ssm, mixer)
         if regexes and not any(regex.match(module) for regex in regexes):
             continue
         matched.append(module)
@@ -344,8 +217,8 @@ def detect_ssm(
 
 def report_unsplit_mixers(gm: GraphModule, plan: ShardingPlan, claimed: set[str]) -> None:
     """Without ``ssm`` in sharding_dims: name the mixers left whole, with the hint."""
-    for _, mixer in _mixers(gm):
-        if isinstance(mixer, _Mixer) and mixer.in_proj.node.name not in claimed:
+    for _, mixer in trace_mixers(gm):
+        if isinstance(mixer, MambaMixer) and mixer.in_proj.node.name not in claimed:
             plan.unsharded[mixer.module] = ADD_SSM_HINT
 
 
@@ -354,7 +227,7 @@ def ssm_from_tp_plan(
 ) -> None:
     """The manual plan's ``mamba`` entries: each pattern must match a Mamba mixer."""
     patterns = [pattern for pattern, strategy in tp_plan.items() if strategy == "mamba"]
-    mixers = sorted({_module_of(gm, ssm, mixer) for ssm, mixer in _mixers(gm)})
+    mixers = sorted({mixer_module(gm, ssm, mixer) for ssm, mixer in trace_mixers(gm)})
     for pattern in patterns:
         if detect_ssm(gm, plan, claimed, "manual", [pattern]):
             continue
