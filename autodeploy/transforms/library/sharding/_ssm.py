@@ -22,7 +22,7 @@ all-reduced (a second, tiny all-reduce); anything else leaves the mixer whole (r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.fx import GraphModule, Node
@@ -30,6 +30,7 @@ from torch.fx import GraphModule, Node
 from ....utils.errors import ConfigError
 from ....utils.suggest import did_you_mean
 from ._graph import LinearInfo, shape_of
+from ._heuristic import _split as linear_split
 from ._plan import Segment, ShardingPlan, WeightSplit, even_segment, segment_indices
 from ._slicing import shard_parameter
 from ._ssm_trace import MambaMixer, mixer_module, trace_mixers
@@ -170,16 +171,7 @@ def _plan_mixer(gm: GraphModule, mixer: MambaMixer, plan: ShardingPlan, source: 
 def _weight_split(
     info: LinearInfo, strategy: str, source: str, segments: list[Segment], note: str = ""
 ) -> WeightSplit:
-    return WeightSplit(
-        node=info.node.name,
-        module=info.module,
-        weight=info.weight,
-        bias=info.bias,
-        strategy=strategy,  # type: ignore[arg-type]
-        source=source,  # type: ignore[arg-type]
-        segments=segments,
-        note=note,
-    )
+    return replace(linear_split(info, strategy, segments), source=source, note=note)
 
 
 def detect_ssm(
