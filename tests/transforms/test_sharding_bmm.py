@@ -18,13 +18,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from cached_model_helpers import export_with_dynamic_dims
-from sharding_helpers import count_collectives
+from sharding_helpers import count_collectives, shard_graph
 
-from autodeploy.transforms import InferenceOptimizer
-from autodeploy.transforms.interface import SharedConfig
 from autodeploy.transforms.library.sharding._heuristic import op_name
 from autodeploy.transforms.library.sharding._report import format_plan
-from autodeploy.transforms.library.sharding.sharding_transform_executor import PLAN_META_KEY
 
 VOCAB, HIDDEN, HEADS, HEAD_DIM = 64, 32, 4, 8
 
@@ -52,17 +49,7 @@ class TinyHeadMixModel(nn.Module):
 
 
 def shard(gm, world_size: int, rank: int, dims: list[str]):
-    config = {
-        "detect_sharding": {
-            "stage": "sharding",
-            "sharding_source": ["heuristic"],
-            "sharding_dims": dims,
-        },
-        "sharding_transform_executor": {"stage": "sharding"},
-    }
-    shared = SharedConfig(local_rank=rank, rank=rank, world_size=world_size)
-    gm = InferenceOptimizer(None, config, shared_config=shared, instruments=[])(None, gm)
-    return gm, gm.meta.get(PLAN_META_KEY)
+    return shard_graph(gm, world_size, rank, {"sharding_dims": dims})
 
 
 def nodes(gm, name):

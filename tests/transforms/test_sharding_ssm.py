@@ -10,7 +10,15 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from sharding_helpers import canonical, count_collectives, param_bytes, shard, tiny_dir
+from sharding_helpers import (
+    canonical,
+    count_collectives,
+    param_bytes,
+    shard,
+    shard_graph,
+    tiny_dir,
+)
+from tiny_mamba import export_tiny_mamba
 from tiny_models import save_tiny
 
 from autodeploy.custom_ops.mamba.descriptor import CausalConvDescriptor, SSMDescriptor
@@ -138,3 +146,14 @@ def test_manual_mamba_pattern_must_match_a_mixer(nemotron):
     )
     assert {s.module: s.source for s in plan.splits}[MIXER + "in_proj"] == "manual"
     assert param(gm, "in_proj.weight").shape == (164, 64)
+
+
+def test_mixer_without_gate_or_norm():
+    """The canonical-op test model: in_proj is [xBC | dt] (no z), no gated norm."""
+    _, gm = export_tiny_mamba()
+    gm, plan = shard_graph(gm, 2, rank=0, detect=SSM)
+    # 4 heads of 8, 2 groups of state 8: x rows 0..31, B 32..47, C 48..63, dt 64..67
+    in_proj = next(s for s in plan.splits if s.strategy == "mamba")
+    assert in_proj.indices(0) == [*range(16), *range(32, 40), *range(48, 56), 64, 65]
+    assert gm.get_parameter("mixers.0.conv1d.weight").shape == (32, 1, 4)
+    assert len(plan.ssm_layers) == 2 and count_collectives(gm) == (2, 1)

@@ -10,7 +10,11 @@ each rank keeps its units of every segment, concatenated. KV heads replicated ac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._bmm import BmmSplit
+    from ._ssm import SsmLayer
 
 Strategy = Literal["colwise", "rowwise", "gather", "mamba"]  # mamba: see _ssm.py
 Source = Literal["manual", "factory", "heuristic"]
@@ -117,8 +121,8 @@ class ShardingPlan:
     splits: list[WeightSplit] = field(default_factory=list)
     unsharded: dict[str, str] = field(default_factory=dict)  # module -> reason
     notes: list[str] = field(default_factory=list)
-    ssm_layers: list = field(default_factory=list)  # _ssm.SsmLayer: a mixer's other parameters
-    bmm_splits: list = field(default_factory=list)  # _bmm.BmmSplit: batched matmuls over heads
+    ssm_layers: list[SsmLayer] = field(default_factory=list)  # a mixer's other parameters
+    bmm_splits: list[BmmSplit] = field(default_factory=list)  # batched matmuls over heads
 
     def claimed(self) -> set[str]:
         return {split.node for split in self.splits}
