@@ -187,3 +187,55 @@ def test_short_contexts_with_many_splits_and_every_feature(max_splits):
         with_sinks=True,
     )
     check_against_references(case, dtype, -(-MAX_SEQ_LEN // decode_block_n(dtype, 16)))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: a real capture under the phase, replayed with other contexts
+# ----------------------------------------------------------------------------------------------
+def cuda_graph_of(fn):
+    """Warm ``fn`` up and capture it on a side stream; returns (replay, static output)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # compiles the kernels outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph.replay, output
+
+
+@pytest.mark.gpu
+def test_graph_captured_on_a_short_batch_replays_long_and_short_contexts():
+    """Captured as the runner does (every row at position 0, under the phase), replayed with
+    contexts from 1 key to max_seq_len keys: the count of max_seq_len, empty splits harmless."""
+    max_seq_len, dtype, block_n = 4096, torch.bfloat16, 64
+    positions = [0, 1, 63, 64, 65, 1000, 2049, max_seq_len - 1]
+    case = Case(
+        "llama8b_like",
+        [(pos, 1) for pos in positions],
+        page_size=64,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+    )
+    q, k, v, cache, meta, _ = all_decode(case, dtype)
+    ref_out, ref_cache = reference_attention(q, k, v, cache, meta, None, None, None, None)
+
+    static_cache = cache.clone()
+    static_meta = {**meta, "input_pos": torch.zeros_like(meta["input_pos"])}  # capture batch
+    op = torch.ops.auto_deploy.triton_attention_with_cache
+    with capture_phase(max_seq_len) as phase:
+        replay, static_out = cuda_graph_of(
+            lambda: op(q, k, v, *static_meta.values(), static_cache, None, None, None, None)
+        )
+    expected = triton_launch.decode_num_splits(len(positions), 8, max_seq_len, block_n, q.device)
+    assert phase.decode_splits == {expected} and expected > 1
+
+    static_cache.copy_(cache)  # the step to replay: real positions and cache
+    static_meta["input_pos"].copy_(meta["input_pos"])
+    replay()
+    tol = 1.5e-2
+    flat = static_out.reshape(ref_out.shape).float()
+    torch.testing.assert_close(flat, ref_out.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(static_cache, ref_cache, atol=0, rtol=0, equal_nan=True)
