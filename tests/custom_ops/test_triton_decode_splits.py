@@ -43,29 +43,30 @@ PAGE_SIZE = 8
 _real_decode_num_splits = triton_launch.decode_num_splits
 
 
-def pretend_gpu(monkeypatch, multiprocessors: int) -> None:
+def pretend_gpu(monkeypatch, multiprocessors: int) -> list[int]:
     """Split counts as on a GPU with that many SMs whatever the device (the kernels still run
-    where the data is)."""
+    where the data is). Returns the list of key-range lengths the launcher sized splits for."""
+    estimated_lengths: list[int] = []
+
+    def on_gpu(num_decode: int, heads: int, est_kv_len: int, block_n: int, device) -> int:
+        estimated_lengths.append(est_kv_len)
+        return _real_decode_num_splits(num_decode, heads, est_kv_len, block_n, CUDA)
+
     monkeypatch.setattr(triton_launch, "_multiprocessor_count", lambda device: multiprocessors)
-    monkeypatch.setattr(
-        triton_launch,
-        "decode_num_splits",
-        lambda num_decode, heads, est_len, block_n, device: _real_decode_num_splits(
-            num_decode, heads, est_len, block_n, CUDA
-        ),
-    )
+    monkeypatch.setattr(triton_launch, "decode_num_splits", on_gpu)
+    return estimated_lengths
 
 
 @pytest.fixture
-def pretend_h100(monkeypatch):
-    pretend_gpu(monkeypatch, H100_SMS)
+def pretend_h100(monkeypatch) -> list[int]:
+    return pretend_gpu(monkeypatch, H100_SMS)
 
 
 @pytest.fixture
-def max_splits(monkeypatch):
+def max_splits(monkeypatch) -> list[int]:
     """A GPU so large that the split count is the key tiles of max_seq_len: the most splits,
     hence the most empty ones for short contexts."""
-    pretend_gpu(monkeypatch, 1 << 16)
+    return pretend_gpu(monkeypatch, 1 << 16)
 
 
 def decode_block_n(dtype: torch.dtype, head_dim: int) -> int:
@@ -120,7 +121,7 @@ def test_captured_split_count_is_the_one_of_max_seq_len(pretend_h100, num_decode
 def test_uncaptured_count_follows_cache_loc(pretend_h100):
     # 4 sequences holding 256 pages of 8 tokens -> 64 pages (512 keys) each -> 8 tiles of 64
     assert choose_decode_splits(4, 4, 8, 256, PAGE_SIZE, 64, CUDA) == 8
-    assert choose_decode_splits(4, 4, 8, 256, PAGE_SIZE, 64, torch.device("cpu")) == 8
+    assert pretend_h100 == [512]
     assert _real_decode_num_splits(4, 8, 512, 64, torch.device("cpu")) == 1  # the interpreter
 
 
@@ -187,6 +188,18 @@ def test_short_contexts_with_many_splits_and_every_feature(max_splits):
         with_sinks=True,
     )
     check_against_references(case, dtype, -(-MAX_SEQ_LEN // decode_block_n(dtype, 16)))
+    assert max_splits == [MAX_SEQ_LEN]  # the launch above, sized for max_seq_len
+
+    # the same batch uncaptured: sized from cache_loc's pages per sequence, as before
+    q, k, v, cache, meta, sinks = all_decode(case, dtype)
+    features = (case.scale, case.sliding_window, case.logit_cap, sinks)
+    out = torch.ops.auto_deploy.triton_attention_with_cache(
+        q, k, v, *meta.values(), cache.clone(), *features
+    )
+    pages_per_seq = len(meta["cache_loc"]) // len(positions)
+    assert max_splits[1:] == [pages_per_seq * PAGE_SIZE] and max_splits[1] < MAX_SEQ_LEN
+    ref_out, _ = reference_attention(q, k, v, cache, meta, *features)
+    torch.testing.assert_close(out.reshape(ref_out.shape), ref_out, atol=1e-4, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
