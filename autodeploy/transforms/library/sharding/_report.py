@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
+from ._bmm import bmm_rows
 from ._plan import ShardingPlan
+from ._ssm import ssm_rows
 
-_COLLECTIVE = {"colwise": "-", "rowwise": "all_reduce", "gather": "all_gather(dim=-1)"}
+_COLLECTIVE = {
+    "colwise": "-",
+    "rowwise": "all_reduce",
+    "gather": "all_gather(dim=-1)",
+    "mamba": "-",  # the mixer's out_proj reduces
+}
 
 
 def _bytes(gm: GraphModule, target: str | None) -> tuple[tuple[int, ...], int]:
@@ -48,7 +55,7 @@ def format_plan(gm: GraphModule, plan: ShardingPlan) -> str:
                 f"{size + bias_size:,}",
             )
         )
-    rows += expert_rows(gm, plan)
+    rows += ssm_rows(gm, plan) + bmm_rows(gm, plan) + expert_rows(gm, plan)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     moe = f", {len(plan.experts)} MoE layers" if plan.experts else ""
     lines = [
