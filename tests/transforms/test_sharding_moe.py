@@ -119,8 +119,10 @@ def test_experts_not_dividing_over_ranks_stay_whole_and_are_reported(dirs):
         shard(dirs["qwen3_moe"], 3, detect={"sharding_dims": ["ep"]}, strict=True)
 
 
-def test_ep_off_leaves_experts_whole(dirs):
-    gm, plan = shard(dirs["qwen3_moe"], 2, detect={"sharding_dims": ["tp"]})
+@pytest.mark.parametrize("detect", [{"sharding_dims": ["tp"]}, {"sharding_source": ["factory"]}])
+def test_ep_off_leaves_experts_whole(dirs, detect):
+    """EP is a heuristic: it runs with `ep` in sharding_dims and `heuristic` among the sources."""
+    gm, plan = shard(dirs["qwen3_moe"], 2, detect=detect)
     assert plan.experts == [] and not any(op_name(n) == "sub" for n in gm.graph.nodes)
     assert gm.get_parameter(EXPERTS.format(0, "down_proj")).shape == (4, 64, 32)
 
