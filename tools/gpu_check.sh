@@ -90,7 +90,8 @@ PY
 if [ "$skip_tests" = 0 ]; then
   step tests 120 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
     --junitxml="$OUT/tests.xml" tests/models/test_bf16_accuracy.py \
-    tests/compile/test_cuda_graph_gpu.py tests/custom_ops/test_triton_attention.py \
+    tests/compile/test_cuda_graph_gpu.py tests/compile/test_cuda_graph_decode_splits_gpu.py \
+    tests/custom_ops/test_triton_attention.py tests/custom_ops/test_triton_decode_splits.py \
     tests/custom_ops/test_flashinfer_attention.py
 fi
 

@@ -53,15 +53,17 @@ def read_state_dict(
     progress: ProgressBar | None = None,
     slices: dict | None = None,
     rename: Callable[[str], str] | None = None,
+    skip: Callable[[str], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of one checkpoint file; a truncated or corrupt file is a ``ConfigError``
     naming the file (and the tensor, when one tensor is unreadable). With ``slices`` (a sharded
-    model, see ``sliced_loading.py``) safetensors are read as this rank's slices."""
+    model, see ``sliced_loading.py``) safetensors are read as this rank's slices, leaving out
+    the tensors ``skip`` names (another rank's experts)."""
     if path.suffix == ".safetensors" and slices:
         from .sliced_loading import read_safetensors_sliced
 
         try:
-            state = read_safetensors_sliced(path, slices, rename)
+            state = read_safetensors_sliced(path, slices, rename, skip)
         except Exception as exc:
             raise _corrupt(path, None, exc) from None
         if progress is not None:
@@ -125,12 +127,13 @@ def iter_checkpoint(
     check_weights: bool = True,
     slices: dict | None = None,
     rename: Callable[[str], str] | None = None,
+    skip: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
     """Read ``files`` one by one under one progress bar (bytes, ETA) for all of them."""
     total = sum(path.stat().st_size for path in files)
     with ProgressBar(f"loading {len(files)} checkpoint file(s)", total, unit="bytes") as bar:
         for path in files:
-            state = read_state_dict(path, bar, slices, rename)
+            state = read_state_dict(path, bar, slices, rename, skip)
             if check_weights:
                 check_finite(path, state)
             yield path, state
@@ -170,11 +173,13 @@ def load_checkpoint(
     files: list[Path],
     rename: Callable[[str], str] | None = None,
     check_weights: bool = True,
+    skip: Callable[[str], bool] | None = None,
 ) -> None:
     """Load ``files`` into ``model`` (already materialized); every parameter must be covered.
 
     ``rename`` maps checkpoint keys to the model's names (legacy names in old checkpoints);
-    ``check_weights`` rejects tensors with NaN or Inf values.
+    ``check_weights`` rejects tensors with NaN or Inf values; ``skip`` (model names) tensors
+    a sharded model has no place for, never read from safetensors (see ``sliced_loading.py``).
     """
     expected = model.state_dict(keep_vars=True)
     # Names that share one tensor (tied embeddings) count as loaded when any alias is loaded.
@@ -185,7 +190,8 @@ def load_checkpoint(
     unexpected: set[str] = set()
     from .sliced_loading import load_slices_of
 
-    for path, shard in iter_checkpoint(files, check_weights, load_slices_of(model), rename):
+    slices = load_slices_of(model)
+    for path, shard in iter_checkpoint(files, check_weights, slices, rename, skip):
         logger.debug("loading %s (%d tensors)", path.name, len(shard))
         if rename is not None:
             shard = {rename(key): value for key, value in shard.items()}

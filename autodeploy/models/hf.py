@@ -119,8 +119,10 @@ class AutoModelForCausalLMFactory(ModelFactory):
         files = [] if self.skip_loading_weights else find_checkpoint_files(self.model_dir)
         if files:
             rename = getattr(self, "_key_renamer", None)
-            with stack_experts_on_load(model, getattr(self, "_expert_converters", []), rename):
-                load_checkpoint(model, files, rename=rename, check_weights=self.check_weights)
+            converters = getattr(self, "_expert_converters", [])
+            with stack_experts_on_load(model, converters, rename) as stacker:
+                skip = stacker.held_elsewhere if stacker is not None else None
+                load_checkpoint(model, files, rename, self.check_weights, skip)
             return
         if not self.skip_loading_weights and not self.is_builtin:
             raise ConfigError(

@@ -16,7 +16,11 @@ concatenate gate and up on dim 1). We apply the conversions of that shape oursel
 
 Expert parallelism: a module holding only experts ``[start, stop)`` sets
 ``module.expert_range = (start, stop)`` (its stacked parameters then have ``stop - start``
-rows); the hook writes expert ``e`` to row ``e - start`` and drops the other experts' tensors.
+rows); the hook writes expert ``e`` to row ``e - start`` and drops the other experts' tensors
+(the safetensors reader asks ``held_elsewhere`` first and does not read them at all).
+With tensor parallelism inside the experts it also sets ``module.expert_slices = {param leaf:
+(dim, kept indices, full size of dim)}``: each tensor is cut to the rows (dim 1: gate and up
+parts) or columns (dim 2: down) this rank keeps before it is copied in.
 """
 
 from __future__ import annotations
@@ -101,48 +105,71 @@ class ExpertStacker:
                 "Check that the checkpoint matches the config (and `model_kwargs`)."
             ) from None
 
+    def _match(self, key: str) -> tuple[str, int, int, int] | None:
+        """(stacked parameter name, expert, part, number of parts) of a per-expert key."""
+        for converter in self.converters:
+            found = converter.match(key)
+            if found is not None:
+                name, expert, part = found
+                # e.g. Mixtral's block_sparse_moe -> mlp
+                return self.rename_target(name), expert, part, len(converter.sources)
+        return None
+
+    def _expert_range(self, name: str) -> tuple[int, int]:
+        owner, param = self._target(name)
+        return getattr(owner, "expert_range", (0, param.shape[0]))
+
+    def _seen(self, key: str, name: str, expert: int, part: int, parts: int) -> None:
+        progress = self.progress.setdefault(name, _Progress(parts))
+        progress.source_keys[(expert, part)] = key
+        progress.written.add((expert, part))
+
     def _write(
         self, key: str, tensor: torch.Tensor, name: str, expert: int, part: int, parts: int
     ) -> None:
         owner, param = self._target(name)
-        start, stop = getattr(owner, "expert_range", (0, param.shape[0]))
-        progress = self.progress.setdefault(name, _Progress(parts))
-        progress.source_keys[(expert, part)] = key
-        if not start <= expert < stop:
-            progress.written.add((expert, part))  # another rank's expert
-            return
-        rows = param.shape[1] // parts
-        expected = (rows, *param.shape[2:])
-        if expert - start >= param.shape[0] or tuple(tensor.shape) != expected:
-            raise ConfigError(
-                f"Checkpoint tensor {key!r} has shape {tuple(tensor.shape)}, but expert "
-                f"{expert} of {name!r} {tuple(param.shape)} needs {expected}. Check that the "
-                "checkpoint matches the config (num experts, moe intermediate size)."
-            )
-        with torch.no_grad():
-            param[expert - start, part * rows : (part + 1) * rows].copy_(tensor)
-        progress.written.add((expert, part))
+        start, stop = self._expert_range(name)
+        if start <= expert < stop:  # else another rank's expert: dropped
+            kept = getattr(owner, "expert_slices", {}).get(name.rpartition(".")[2])
+            expected, rows, piece = _local_piece(tuple(param.shape), parts, part, kept)
+            if expert - start >= param.shape[0] or tuple(tensor.shape) != expected:
+                raise ConfigError(
+                    f"Checkpoint tensor {key!r} has shape {tuple(tensor.shape)}, but expert "
+                    f"{expert} of {name!r} {tuple(param.shape)} needs {expected}. Check that "
+                    "the checkpoint matches the config (num experts, moe intermediate size)."
+                )
+            with torch.no_grad():
+                param[expert - start, rows].copy_(piece(tensor))
+        self._seen(key, name, expert, part, parts)
+
+    def held_elsewhere(self, key: str) -> bool:
+        """Whether ``key`` (a model-named checkpoint key) is a per-expert tensor of an expert
+        this rank does not hold: the reader then never reads it (counted as seen here)."""
+        found = self._match(key)
+        if found is None:
+            return False
+        name, expert, part, parts = found
+        start, stop = self._expert_range(name)
+        if start <= expert < stop:
+            return False
+        self._seen(key, name, expert, part, parts)
+        return True
 
     def hook(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         touched = set()
         for key in list(state_dict):
-            for converter in self.converters:
-                found = converter.match(key)
-                if found is not None:
-                    name, expert, part = found
-                    name = self.rename_target(name)  # e.g. Mixtral's block_sparse_moe -> mlp
-                    parts = len(converter.sources)
-                    self._write(key, state_dict.pop(key), name, expert, part, parts)
-                    touched.add(name)
-                    break
+            found = self._match(key)
+            if found is not None:
+                name, expert, part, parts = found
+                self._write(key, state_dict.pop(key), name, expert, part, parts)
+                touched.add(name)
         for name in touched:  # counts as loaded; copying a tensor onto itself changes nothing
             state_dict[name] = self._target(name)[1]
 
     def check_complete(self) -> None:
         missing = []
         for name, progress in self.progress.items():
-            num_experts = self.model.get_parameter(name).shape[0]
-            start, stop = getattr(self._target(name)[0], "expert_range", (0, num_experts))
+            start, stop = self._expert_range(name)
             for expert in range(start, stop):
                 for part in range(progress.parts):
                     if (expert, part) not in progress.written:
@@ -153,6 +180,31 @@ class ExpertStacker:
                 f"The checkpoint is missing {len(missing)} expert tensor(s): {shown}. Re-download "
                 "the checkpoint or check that it matches the config (num experts)."
             )
+
+
+def _local_piece(
+    shape: tuple[int, ...], parts: int, part: int, kept: tuple[int, list[int], int] | None
+) -> tuple[tuple[int, ...], slice, Callable[[torch.Tensor], torch.Tensor]]:
+    """For one part of one expert: (full tensor shape, the rows of the local parameter it fills,
+    how to cut the tensor to them). ``kept = (dim, indices, full size)``: the local parameter
+    keeps only ``indices`` of its dim ``dim`` (tensor parallelism inside the experts)."""
+    if kept is None:
+        rows = shape[1] // parts
+        return (rows, *shape[2:]), slice(part * rows, (part + 1) * rows), lambda t: t
+    dim, indices, full_size = kept
+    if dim == 2:  # columns of every part
+        rows = shape[1] // parts
+        columns = torch.tensor(indices)
+        cut = lambda t: t.index_select(1, columns)  # noqa: E731
+        return (rows, full_size), slice(part * rows, (part + 1) * rows), cut
+    # dim 1: the kept rows of this part (indices are rows of the full [parts * rows] dim)
+    full_rows = full_size // parts
+    first = part * full_rows
+    mine = [i - first for i in indices if first <= i < first + full_rows]
+    offset = next(n for n, i in enumerate(indices) if first <= i < first + full_rows)
+    selected = torch.tensor(mine)
+    cut = lambda t: t.index_select(0, selected)  # noqa: E731
+    return (full_rows, *shape[2:]), slice(offset, offset + len(mine)), cut
 
 
 def _missing_key(progress: _Progress, name: str, expert: int, part: int) -> str:

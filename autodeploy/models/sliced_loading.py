@@ -37,15 +37,21 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def read_safetensors_sliced(
-    path: Path, slices: LoadSlices, rename: Callable[[str], str] | None = None
+    path: Path,
+    slices: LoadSlices,
+    rename: Callable[[str], str] | None = None,
+    skip: Callable[[str], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``; those named in ``slices`` (model names) read as their slice."""
+    """The tensors of ``path``; those named in ``slices`` (model names) read as their slice,
+    those ``skip`` names (per-expert tensors of another rank's experts) not at all."""
     from safetensors import safe_open
 
     found: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         for key in handle.keys():
             name = rename(key) if rename is not None else key
+            if skip is not None and skip(name):
+                continue
             wanted = slices.get(name)
             if wanted is None:
                 found[key] = handle.get_tensor(key)

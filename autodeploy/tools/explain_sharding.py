@@ -6,7 +6,9 @@
 Runs the pipeline up to the sharding stage for rank R (default 0) on the meta device (no
 weights are read) and prints, per split layer: the strategy, the source that chose it
 (manual / factory / heuristic), the local weight shape, the collective inserted and the weight
-bytes on that rank; then the layers left whole with the reason, and the rank's total bytes.
+bytes on that rank; per MoE layer the strategy (``ep`` / ``ep x tp``), the experts the rank
+holds and both local expert weights; then the layers left whole with the reason, and the
+rank's total bytes (experts included).
 """
 
 from __future__ import annotations

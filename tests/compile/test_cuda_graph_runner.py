@@ -17,6 +17,7 @@ from autodeploy.compile.backends.torch_cudagraph import (
     resolve_batch_sizes,
 )
 from autodeploy.compile.registry import CompileBackendUnavailableError
+from autodeploy.shim.capture_phase import active_capture_phase
 from autodeploy.utils.errors import ConfigError
 
 
@@ -108,6 +109,49 @@ def test_an_unused_host_input_of_a_graph_module_is_allowed():
     runner = CudaGraphRunner(gm, cm, FakeCapture(cm.info), num_warmup_runs=0)
     runner.capture([1, 2])
     assert sorted(runner.graphs) == [1, 2]
+
+
+class PhaseProbe(ToyModel):
+    """Notes the capture phase of each call and, as the Triton launcher does, a split count."""
+
+    def __init__(self):
+        super().__init__()
+        self.phases: list[int | None] = []
+
+    def forward(self, input_ids, *args, **kwargs):
+        phase = active_capture_phase()
+        self.phases.append(None if phase is None else phase.max_kv_len)
+        if phase is not None:
+            phase.decode_splits.add(input_ids.shape[0] + 1)  # some count per batch size
+        return super().forward(input_ids, *args, **kwargs)
+
+
+def test_warm_ups_and_capture_run_in_a_capture_phase_of_max_seq_len(ad_logs):
+    cm = ToyInterface()
+    model = PhaseProbe()
+    runner = CudaGraphRunner(model, cm, FakeCapture(cm.info), num_warmup_runs=2)
+    runner.capture([1, 4])
+    assert model.phases == [cm.info.max_seq_len] * 6  # 2 warm-ups + 1 capture, per size
+    assert active_capture_phase() is None  # nothing outlives the capture
+    assert runner.stats.decode_splits == {4: (5,), 1: (2,)}
+    assert runner.stats.as_dict()["decode_splits_by_batch_size"] == {"1": [2], "4": [5]}
+    debug = [r.getMessage() for r in ad_logs.records if r.levelno == logging.DEBUG]
+    assert any(
+        "batch size 4 (decode key-range splits [5], sized for max_seq_len 64)" in m for m in debug
+    )
+    model.phases.clear()
+    cm.decode_step(3)
+    runner(**cm.named_args)  # a replay (the fake re-runs the model) and an uncaptured run
+    runner.model(**cm.named_args)
+    assert runner.stats.replays == {4: 1} and model.phases == [None, None]
+
+
+def test_a_failed_capture_leaves_no_phase_and_no_split_counts():
+    cm = ToyInterface()
+    runner = CudaGraphRunner(PhaseProbe(), cm, FakeCapture(cm.info, fail_at=2), num_warmup_runs=1)
+    with pytest.raises(RuntimeError, match="capturing"):
+        runner.capture([1, 2, 4])
+    assert active_capture_phase() is None and runner.stats.decode_splits == {}
 
 
 # ------------------------------------------------------------------------------ replay

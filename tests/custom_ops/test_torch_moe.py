@@ -55,6 +55,28 @@ def test_grouped_backend_matches_reference(top_k):
         torch.testing.assert_close(ad.torch_moe_grouped(*args, "silu"), ad.torch_moe(*args, "silu"))
 
 
+def expert_parallel_sum(op, args, num_slices, activation="silu"):
+    """Sum of ``op`` over contiguous expert slices fed ``selected - start`` (as EP ranks run)."""
+    x, selected, weights, gate_up, down = args
+    per_slice = gate_up.shape[0] // num_slices
+    total = torch.zeros_like(x)
+    for start in range(0, gate_up.shape[0], per_slice):
+        local = slice(start, start + per_slice)
+        total += op(x, selected - start, weights, gate_up[local], down[local], activation)
+    return total
+
+
+@pytest.mark.parametrize("op", ["torch_moe", "torch_moe_grouped"])
+def test_ids_outside_the_local_experts_contribute_nothing(op):
+    op = getattr(ad, op)
+    args = moe_inputs(9, 16, 12, 4, 2, seed=7)
+    x, selected, weights, gate_up, down = args
+    assert not op(x, selected + 4, weights, gate_up, down, "silu").any()  # all ids >= E
+    assert not op(x, selected - 4, weights, gate_up, down, "silu").any()  # all ids < 0
+    torch.testing.assert_close(expert_parallel_sum(op, args, 2), ad.torch_moe(*args, "silu"))
+    torch.testing.assert_close(expert_parallel_sum(op, args, 4), per_token_loop(*args))
+
+
 def test_fake_shapes_under_export():
     """The op exports with a dynamic token dim (its fake keeps [T, H])."""
     from torch.export import Dim

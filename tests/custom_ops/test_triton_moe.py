@@ -4,7 +4,7 @@ in the Triton interpreter at tiny shapes; ``gpu`` cases use bf16 at a realistic 
 
 import pytest
 import torch
-from test_torch_moe import moe_inputs
+from test_torch_moe import expert_parallel_sum, moe_inputs
 
 pytest.importorskip("triton")
 
@@ -49,6 +49,24 @@ def test_one_token(interpreter):
 def test_gelu_and_float16(interpreter):
     _check(moe_inputs(6, 32, 16, 4, 2, seed=5), activation="gelu")
     _check(moe_inputs(6, 32, 16, 4, 2, seed=6, dtype=torch.float16), tol=2e-3)
+
+
+def test_ids_outside_the_local_experts_contribute_nothing(interpreter):
+    args = moe_inputs(20, 32, 16, 4, 2, seed=8)
+    x, selected, weights, gate_up, down = args
+    assert not triton_moe_fused(x, selected + 4, weights, gate_up, down, "silu").any()
+    full = ad.torch_moe(*args, "silu")
+    for num_slices in (2, 4):
+        summed = expert_parallel_sum(triton_moe_fused, args, num_slices)
+        torch.testing.assert_close(summed, full, atol=2e-5, rtol=2e-5)
+
+
+def test_sort_skips_pairs_of_other_ranks_experts():
+    selected = torch.tensor([[2, -1], [5, 1], [2, 7]])  # -1, 5, 7: not among experts 0..3
+    pair_ids, block_expert = sort_by_expert(selected, num_experts=4)
+    assert block_expert[block_expert >= 0].tolist() == [1, 2]
+    kept = sorted(pair_ids[pair_ids < 6].tolist())
+    assert kept == [0, 3, 4]  # the pairs of experts 2, 1, 2
 
 
 def test_sort_groups_pairs_by_expert_in_padded_blocks():

@@ -52,6 +52,17 @@ def shard(model_dir: Path, world_size: int, rank: int = 0, detect: dict | None =
     return gm, gm.meta.get(PLAN_META_KEY)
 
 
+def shard_graph(gm, world_size: int, rank: int, detect: dict):
+    """(graph, plan) of ``rank`` for an exported graph without a factory (custom models)."""
+    config = {
+        "detect_sharding": {"stage": "sharding", "sharding_source": ["heuristic"], **detect},
+        "sharding_transform_executor": {"stage": "sharding"},
+    }
+    shared = SharedConfig(local_rank=rank, rank=rank, world_size=world_size)
+    gm = InferenceOptimizer(None, config, shared_config=shared, instruments=[])(None, gm)
+    return gm, gm.meta.get(PLAN_META_KEY)
+
+
 def count_collectives(gm) -> tuple[int, int]:
     nodes = list(gm.graph.nodes)
     reduces = sum(n.target == ad.torch_dist_all_reduce.default for n in nodes)

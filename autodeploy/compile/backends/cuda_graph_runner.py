@@ -5,6 +5,10 @@ What is captured
     batch of ``b`` rows: ``cm.info.set_generate_only_batch(b)`` (padding rows on the scratch page;
     the host prepare hooks, e.g. FlashInfer ``plan()``, run here, outside the capture), a few
     warm-up runs, then one capture of ``model(**cm.named_args)``. All graphs share one memory pool.
+    Warm-ups and capture run inside ``capture_phase(info.max_seq_len)`` (``shim/capture_phase.py``):
+    ops that size launches from shapes (Triton decode's key-range splits) size them for the
+    longest context instead of the one-page capture batch; ``stats.decode_splits`` and a DEBUG
+    line per batch size say what they chose.
 
 How inputs reach a graph (no copies)
     ``cm.named_args`` are views into the ``SequenceInfo`` device buffer, which is filled by one
@@ -50,6 +54,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
+from ...shim.capture_phase import capture_phase
 from ...utils.logger import logger
 from ...utils.progress import ProgressBar
 from ..registry import CompileBackendUnavailableError
@@ -146,6 +151,7 @@ class CudaGraphRunner(nn.Module):
                     bar.advance()
         except BaseException:
             self._graphs.clear()
+            self.stats.decode_splits.clear()
             raise
         finally:
             info.set_example_sequence()  # leave a neutral batch behind
@@ -170,13 +176,22 @@ class CudaGraphRunner(nn.Module):
         def step() -> Any:
             return model(**kwargs)
 
-        self._capture.warm_up(step, self._num_warmup_runs)
-        graph, output = self._capture.capture(step, pool)
+        max_kv_len = self._info.max_seq_len
+        with capture_phase(max_kv_len) as phase:
+            self._capture.warm_up(step, self._num_warmup_runs)
+            graph, output = self._capture.capture(step, pool)
         checks = tuple(
             (name, t, t.data_ptr(), None if name in RAGGED_ARGS else t.shape)
             for name, t in kwargs.items()
         )
-        logger.debug("captured the decode step for batch size %d", size)
+        self.stats.decode_splits[size] = tuple(sorted(phase.decode_splits))
+        logger.debug(
+            "captured the decode step for batch size %d (decode key-range splits %s, sized for "
+            "max_seq_len %d)",
+            size,
+            list(self.stats.decode_splits[size]) or "none",
+            max_kv_len,
+        )
         return CapturedGraph(size, graph, output, checks)
 
     def _check_capturable(self, kwargs: Mapping[str, Any]) -> None:

@@ -37,6 +37,9 @@ class CudaGraphStats:
     captured_batch_sizes: tuple[int, ...] = ()
     capture_s: float = 0.0
     pool_bytes: int = 0  # device memory reserved by the capture (graph pool), CUDA only
+    # captured batch size -> key-range split counts the decode attention launched with (empty
+    # for backends that do not split, e.g. FlashInfer)
+    decode_splits: dict[int, tuple[int, ...]] = field(default_factory=dict)
     replays: Counter[int] = field(default_factory=Counter)  # captured batch size -> replays
     fallbacks: Counter[str] = field(default_factory=Counter)  # FallbackReason -> calls
 
@@ -58,6 +61,9 @@ class CudaGraphStats:
             "captured_batch_sizes": list(self.captured_batch_sizes),
             "capture_s": round(self.capture_s, 3),
             "pool_mib": round(self.pool_bytes / 2**20, 1),
+            "decode_splits_by_batch_size": {
+                str(k): list(v) for k, v in sorted(self.decode_splits.items())
+            },
             "replays": self.num_replays,
             "replays_by_batch_size": {str(k): v for k, v in sorted(self.replays.items())},
             "fallbacks": self.num_fallbacks,

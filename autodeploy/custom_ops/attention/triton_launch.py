@@ -21,8 +21,16 @@ BLOCK_M = 64-128 query rows (tokens x padded GQA group) by BLOCK_N = 32-128 keys
 2 stages; grid (num_prefill_tokens // BLOCK_Q + num_prefill_seqs, num_kv_heads). Decode:
 grid (num_decode, num_kv_heads, num_splits) with BLOCK_N = 64 keys (32 for fp32 or
 head_dim > 128), 4 warps; ``num_splits`` fills ~2 waves of SMs but never exceeds the key
-tiles of a sequence whose length is estimated from shapes only (pages in ``cache_loc`` per
-sequence), so it is fixed for a CUDA graph. The interpreter (CPU) uses small tiles and 1 split.
+tiles of a sequence whose length is estimated from shapes only (``choose_decode_splits``):
+
+- uncaptured: the pages in ``cache_loc`` per sequence;
+- while a CUDA graph is captured (``shim.capture_phase``, opened by the CUDA-graph runner around
+  warm-ups and capture): the phase's ``max_kv_len`` (``max_seq_len``), because the count is frozen
+  into the graph and the capture batch (padding rows, one page each) says nothing about the
+  contexts a replay will meet. A replay with short contexts then leaves most splits with an empty
+  key range; they write m = NEG_LARGE, l = 0 and weigh 0 in the reduce.
+
+The interpreter (CPU) uses small tiles and 1 split.
 
 Supported: fp16 / bf16 / fp32 (q and cache; fp32 dots use IEEE precision, not TF32), any
 head_dim up to 256 (padded to a power of two and masked), any page size, GQA with any group
@@ -45,6 +53,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ...shim.capture_phase import active_capture_phase
 from ...utils.numbers import ceil_div, next_power_of_2
 from ..triton_availability import triton_unavailable
 from .attention_checks import AttentionLimits, check_attention_inputs
@@ -128,6 +137,28 @@ def decode_num_splits(
     programs = max(num_decode * num_kv_heads, 1)
     wanted = ceil_div(2 * _multiprocessor_count(device), programs)
     return max(1, min(wanted, ceil_div(est_kv_len, block_n), MAX_DECODE_SPLITS))
+
+
+def choose_decode_splits(
+    num_decode: int,
+    num_seqs: int,
+    num_kv_heads: int,
+    num_cached_pages: int,
+    page_size: int,
+    block_n: int,
+    device: torch.device,
+) -> int:
+    """The split count of a decode launch; see the module docstring for the length estimate.
+
+    Under a capture phase, the phase records the count (the runner reports it per batch size).
+    """
+    phase = active_capture_phase()
+    if phase is None:
+        est_kv_len = max(num_cached_pages // num_seqs, 1) * page_size
+        return decode_num_splits(num_decode, num_kv_heads, est_kv_len, block_n, device)
+    num_splits = decode_num_splits(num_decode, num_kv_heads, phase.max_kv_len, block_n, device)
+    phase.decode_splits.add(num_splits)
+    return num_splits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,9 +294,14 @@ def triton_paged_attention(
     if num_decode:
         cfg = _decode_config(block_d, kv_cache.dtype, on_gpu)
         if num_splits is None:
-            est_kv_len = max(cache_loc.shape[0] // num_seqs, 1) * page_size
-            num_splits = decode_num_splits(
-                num_decode, num_kv_heads, est_kv_len, cfg.block_n, q.device
+            num_splits = choose_decode_splits(
+                num_decode,
+                num_seqs,
+                num_kv_heads,
+                cache_loc.shape[0],
+                page_size,
+                cfg.block_n,
+                q.device,
             )
         single = num_splits == 1
         part_shape = (num_decode, num_heads, num_splits)

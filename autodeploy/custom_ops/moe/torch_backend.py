@@ -3,8 +3,9 @@
 Argument contract (shared by every MoE backend, ``torch_moe_grouped`` and ``triton_moe_fused``):
 
 - ``hidden_states`` ``[T, H]``: the tokens (flattened batch).
-- ``selected_experts`` ``[T, K]`` (integer): the top-k expert ids the router picked per token,
-  each in ``[0, E)``. K is the op's top-k.
+- ``selected_experts`` ``[T, K]`` (integer): the top-k expert ids the router picked per token.
+  K is the op's top-k. An id outside ``[0, E)`` selects no expert: that (token, slot) pair
+  contributes nothing (expert parallelism, below).
 - ``routing_weights`` ``[T, K]``: the weight of each picked expert (already normalized, biased,
   scaled, as the model's router defines it; routing stays in the graph as ordinary ops).
 - ``gate_up_weight`` ``[E, 2 * I, H]``: per expert, rows ``[0, I)`` are the gate projection and
@@ -18,10 +19,12 @@ Output ``[T, H]`` (dtype of ``hidden_states``)::
     expert_e(x) = down_weight[e] @ (act(gate_e @ x) * (up_e @ x))
 
 Expert parallelism: the expert dimension is dim 0 of both weights and nothing else, so a rank can
-hold a contiguous slice of experts ``[start, stop)``: it passes ``selected_experts - start``
-(ids outside the slice clamped to any local expert) and zeroes their ``routing_weights``, then
-sums the partial outputs across ranks. Tensor parallelism within an expert splits ``I``: the
-gate rows and the up rows of ``gate_up_weight`` separately (dim 1), ``down_weight`` on dim 2.
+hold a contiguous slice of experts ``[start, stop)`` (``E = stop - start`` locally) and pass
+``selected_experts - start``: the pairs routed to other ranks' experts fall outside ``[0, E)``
+and cost no expert compute in the grouped backends (the reference masks them). Summing the
+ranks' partial outputs (one all-reduce) gives the full result. Tensor parallelism within an
+expert splits ``I``: the gate rows and the up rows of ``gate_up_weight`` separately (dim 1),
+``down_weight`` on dim 2; the partial outputs again add up.
 
 The reference below computes every expert for every token and keeps only the routed results
 (a dense one-hot combine): slow, but free of data-dependent shapes and easy to check.
@@ -91,9 +94,11 @@ def torch_moe(
 ) -> Tensor:
     """Routed gated-MLP experts; see the module docstring for the argument contract."""
     num_experts = gate_up_weight.shape[0]
+    local = (selected_experts >= 0) & (selected_experts < num_experts)  # [T, K]
     # combine[t, e]: the routing weight token t gives expert e (0 where e was not picked).
-    one_hot = F.one_hot(selected_experts.long(), num_experts)  # [T, K, E]
-    combine = (one_hot * routing_weights.unsqueeze(-1)).sum(dim=1)  # [T, E]
+    one_hot = F.one_hot(torch.where(local, selected_experts, 0).long(), num_experts)  # [T, K, E]
+    weights = torch.where(local, routing_weights, 0)  # pairs for no local expert add nothing
+    combine = (one_hot * weights.unsqueeze(-1)).sum(dim=1)  # [T, E]
     gate_up = torch.einsum("th,eoh->teo", hidden_states, gate_up_weight)  # [T, E, 2I]
     gate, up = gate_up.chunk(2, dim=-1)  # [T, E, I] each
     intermediate = ACTIVATIONS[activation](gate) * up  # [T, E, I]

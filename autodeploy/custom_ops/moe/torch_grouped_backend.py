@@ -3,8 +3,10 @@
 The CPU backend of ``fuse_moe``. Same contract and result as ``torch_moe`` (see
 ``torch_backend.py``), but instead of running every expert on every token it groups the
 (token, expert) pairs by expert and runs each expert's two GEMMs on its group: the work of
-top-k experts, not of all of them. The group sizes depend on the routing (data-dependent
-shapes), which is fine here: the op runs after export, as one opaque node.
+top-k experts, not of all of them. Pairs whose expert id is outside ``[0, E)`` (expert
+parallelism: another rank's expert) are skipped without any compute. The group sizes depend
+on the routing (data-dependent shapes), which is fine here: the op runs after export, as one
+opaque node.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ def torch_moe_grouped(
 ) -> Tensor:
     """``torch_moe`` with per-expert GEMMs over the tokens routed to each expert."""
     top_k = selected_experts.shape[1]
+    num_experts = gate_up_weight.shape[0]
     act = ACTIVATIONS[activation]
     flat_experts = selected_experts.reshape(-1)  # pair p = token p // K, slot p % K
+    # Ids outside [0, E) (other ranks' experts) go to bucket E, sorted last and never computed.
+    local = (flat_experts >= 0) & (flat_experts < num_experts)
+    flat_experts = torch.where(local, flat_experts, num_experts)
     order = torch.argsort(flat_experts, stable=True)
-    counts = torch.bincount(flat_experts, minlength=gate_up_weight.shape[0]).tolist()
+    counts = torch.bincount(flat_experts, minlength=num_experts + 1)[:num_experts].tolist()
     pair_out = hidden_states.new_zeros(flat_experts.shape[0], hidden_states.shape[1])
     start = 0
     for expert, count in enumerate(counts):

@@ -4,8 +4,10 @@ Same contract and result as ``torch_moe`` (``torch_backend.py``). Steps:
 
 1. Sort: the T*K (token, slot) pairs are grouped by expert and each group is padded to a
    multiple of ``BLOCK_M`` rows, so every row block belongs to one expert
-   (``block_expert[b]``; -1 for the unused blocks at the end). Pure tensor ops with a static
-   upper bound on the number of blocks (T*K / BLOCK_M + E): no host sync, CUDA-graph safe.
+   (``block_expert[b]``; -1 for the unused blocks at the end). Pairs whose expert id is
+   outside ``[0, E)`` (expert parallelism) get no row: no compute, a zero result. Pure tensor
+   ops with a static upper bound on the number of blocks (T*K / BLOCK_M + E): no host sync,
+   CUDA-graph safe.
 2. ``_gate_up_act``: per row block and ``BLOCK_N`` intermediate columns, the gate and up GEMMs
    of the block's expert with the activation and the product fused in registers; writes
    ``intermediate[pair]`` ``[T*K, I]``.
@@ -136,23 +138,32 @@ down_weighted_kernel = TritonKernel(_down_weighted)
 
 
 def sort_by_expert(selected_experts: Tensor, num_experts: int) -> tuple[Tensor, Tensor]:
-    """(pair ids grouped by expert, padded per expert to BLOCK_M; the expert of each block)."""
+    """(pair ids grouped by expert, padded per expert to BLOCK_M; the expert of each block).
+
+    Pairs whose id is outside ``[0, E)`` (another rank's expert) are counted in an extra
+    bucket ``E`` that gets no blocks: they are never computed."""
     flat = selected_experts.reshape(-1).long()  # [P], P = T*K
+    flat = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)
     num_pairs = flat.numel()
     num_blocks = -(-num_pairs // BLOCK_M) + num_experts  # upper bound after padding
     device = flat.device
-    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    padded[num_experts] = 0  # the bucket of non-local pairs gets no rows
     padded_start = torch.cumsum(padded, 0) - padded  # first padded row of each expert
     start = torch.cumsum(counts, 0) - counts  # first sorted pair of each expert
     order = torch.argsort(flat, stable=True)
     sorted_experts = flat[order]
     rank = torch.arange(num_pairs, device=device) - start[sorted_experts]
-    pair_ids = torch.full((num_blocks * BLOCK_M,), num_pairs, dtype=torch.int32, device=device)
-    pair_ids[padded_start[sorted_experts] + rank] = order.to(torch.int32)
+    # Non-local pairs are written to one spare slot past the end, dropped below.
+    dump = num_blocks * BLOCK_M
+    rows = torch.where(sorted_experts < num_experts, padded_start[sorted_experts] + rank, dump)
+    pair_ids = torch.full((dump + 1,), num_pairs, dtype=torch.int32, device=device)
+    pair_ids[rows] = order.to(torch.int32)
+    pair_ids = pair_ids[:dump]
     block_rows = torch.arange(num_blocks, device=device) * BLOCK_M
-    padded_end = torch.cumsum(padded, 0)
+    padded_end = torch.cumsum(padded[:num_experts], 0)
     block_expert = torch.searchsorted(padded_end, block_rows, right=True)
     block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
     return pair_ids, block_expert
@@ -206,7 +217,8 @@ def triton_moe_fused(
         BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K,
     )
-    pair_out = x.new_empty(num_pairs, hidden)
+    # Zeros: the rows of pairs for no local expert (expert parallelism) are never written.
+    pair_out = x.new_zeros(num_pairs, hidden)
     routing = routing_weights.reshape(-1).to(torch.float32).contiguous()
     down_weighted_kernel[(num_blocks, -(-hidden // BLOCK_N)), x.device](
         intermediate,

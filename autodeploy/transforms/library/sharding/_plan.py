@@ -10,9 +10,14 @@ each rank keeps its units of every segment, concatenated. KV heads replicated ac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-Strategy = Literal["colwise", "rowwise", "gather"]
+if TYPE_CHECKING:
+    from ._bmm import BmmSplit
+    from ._moe import ExpertSplit
+    from ._ssm import SsmLayer
+
+Strategy = Literal["colwise", "rowwise", "gather", "mamba"]  # mamba: see _ssm.py
 Source = Literal["manual", "factory", "heuristic"]
 SHARED_KEY = "sharding_plan"
 
@@ -67,6 +72,16 @@ def kv_segment(num_kv_heads: int, head_dim: int, world_size: int) -> tuple[Segme
     return Segment(num_kv_heads, head_dim, kept), True
 
 
+def segment_indices(segments: list[Segment], rank: int) -> list[int]:
+    """The features ``rank`` keeps of consecutive ``segments``, in order."""
+    found: list[int] = []
+    offset = 0
+    for segment in segments:
+        found += segment.feature_indices(rank, offset)
+        offset += segment.size
+    return found
+
+
 @dataclass
 class WeightSplit:
     """One linear split across ranks (``dim`` 0: output features, 1: input features)."""
@@ -85,12 +100,7 @@ class WeightSplit:
         return 1 if self.strategy == "rowwise" else 0
 
     def indices(self, rank: int) -> list[int]:
-        found: list[int] = []
-        offset = 0
-        for segment in self.segments:
-            found += segment.feature_indices(rank, offset)
-            offset += segment.size
-        return found
+        return segment_indices(self.segments, rank)
 
     def boundaries(self, rank: int) -> dict[int, int]:
         """Global cumulative segment boundaries -> local ones (slice/split literals)."""
@@ -110,8 +120,11 @@ class ShardingPlan:
     world_size: int
     rank: int
     splits: list[WeightSplit] = field(default_factory=list)
+    experts: list[ExpertSplit] = field(default_factory=list)  # MoE layers (``_moe.py``)
     unsharded: dict[str, str] = field(default_factory=dict)  # module -> reason
     notes: list[str] = field(default_factory=list)
+    ssm_layers: list[SsmLayer] = field(default_factory=list)  # a mixer's other parameters
+    bmm_splits: list[BmmSplit] = field(default_factory=list)  # batched matmuls over heads
 
     def claimed(self) -> set[str]:
         return {split.node for split in self.splits}

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
+from ._bmm import bmm_rows
 from ._plan import ShardingPlan
+from ._ssm import ssm_rows
 
-_COLLECTIVE = {"colwise": "-", "rowwise": "all_reduce", "gather": "all_gather(dim=-1)"}
+_COLLECTIVE = {
+    "colwise": "-",
+    "rowwise": "all_reduce",
+    "gather": "all_gather(dim=-1)",
+    "mamba": "-",  # the mixer's out_proj reduces
+}
 
 
 def _bytes(gm: GraphModule, target: str | None) -> tuple[tuple[int, ...], int]:
@@ -14,6 +21,20 @@ def _bytes(gm: GraphModule, target: str | None) -> tuple[tuple[int, ...], int]:
         return (), 0
     param = gm.get_parameter(target)
     return tuple(param.shape), param.numel() * param.element_size()
+
+
+def expert_rows(gm: GraphModule, plan: ShardingPlan) -> list[tuple[str, ...]]:
+    """One row per MoE layer: its experts on this rank, both local stacked weights."""
+    rows = []
+    for split in plan.experts:
+        (up_shape, up_size), (down_shape, down_size) = (
+            _bytes(gm, target) for target in (split.gate_up, split.down)
+        )
+        shapes = ", ".join("x".join(map(str, shape)) for shape in (up_shape, down_shape))
+        size = f"{up_size + down_size:,}"
+        rows.append((split.module, split.describe(plan.rank), split.source, shapes,
+                     "all_reduce", size))  # fmt: skip
+    return rows
 
 
 def format_plan(gm: GraphModule, plan: ShardingPlan) -> str:
@@ -34,9 +55,12 @@ def format_plan(gm: GraphModule, plan: ShardingPlan) -> str:
                 f"{size + bias_size:,}",
             )
         )
+    rows += ssm_rows(gm, plan) + bmm_rows(gm, plan) + expert_rows(gm, plan)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    moe = f", {len(plan.experts)} MoE layers" if plan.experts else ""
     lines = [
-        f"sharding plan: rank {plan.rank} of {plan.world_size}, {len(plan.splits)} split layers"
+        f"sharding plan: rank {plan.rank} of {plan.world_size}, {len(plan.splits)} split "
+        f"layers{moe}"
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if plan.unsharded:

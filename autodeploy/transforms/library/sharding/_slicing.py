@@ -44,8 +44,13 @@ def slice_tensor(value: torch.Tensor, dim: int, indices: list[int]) -> torch.Ten
     return value.index_select(dim, torch.tensor(indices, device=value.device))
 
 
-def shard_parameter(gm: GraphModule, target: str, dim: int, indices: list[int]) -> None:
-    """Replace parameter ``target`` by its slice; slice checkpoint values on load too."""
+def shard_parameter(
+    gm: GraphModule, target: str, dim: int, indices: list[int], lazy_read: bool = True
+) -> None:
+    """Replace parameter ``target`` by its slice; slice checkpoint values on load too.
+
+    ``lazy_read=False``: a second slice of an already sliced parameter (MoE experts, then their
+    intermediate slice); the reader reads the first slice only, the hook cuts the rest."""
     module_path, _, name = target.rpartition(".")
     module = gm.get_submodule(module_path) if module_path else gm
     param = getattr(module, name)
@@ -58,4 +63,5 @@ def shard_parameter(gm: GraphModule, target: str, dim: int, indices: list[int]) 
         local = slice_tensor(param.data, dim, indices)
     setattr(module, name, nn.Parameter(local, requires_grad=False))
     gm._register_load_state_dict_pre_hook(SliceOnLoad(target, dim, indices, full_shape))
-    gm.meta.setdefault(LOAD_SLICES_KEY, {})[target] = (dim, list(indices), full_shape)
+    if lazy_read:
+        gm.meta.setdefault(LOAD_SLICES_KEY, {})[target] = (dim, list(indices), full_shape)

@@ -38,10 +38,7 @@ def check_manual_plan(tp_plan: dict[str, str], linears: list[LinearInfo]) -> Non
                 f"{', '.join(STRATEGIES)}."
             )
         if strategy == "mamba":
-            raise ConfigError(
-                f"detect_sharding.manual_config.tp_plan[{pattern!r}]: 'mamba' sharding needs the "
-                "SSM ops, which this build does not have yet; remove the entry."
-            )
+            continue  # matched against Mamba mixers, not linears (_ssm.ssm_from_tp_plan)
         regex = _pattern_regex(pattern)
         if not any(regex.match(module) for module in modules):
             generic = sorted({re.sub(r"\.\d+\.", ".*.", m) for m in modules})
@@ -61,11 +58,14 @@ def plan_from_tp_plan(
     claimed: set[str],
 ) -> list[str]:
     """Add the splits ``tp_plan`` asks for; return the modules of linears it does not cover."""
+    tp_plan = {p: s for p, s in tp_plan.items() if s != "mamba"}  # see _ssm.py
     compiled = [(_pattern_regex(p), s) for p, s in tp_plan.items()]
     uncovered: list[str] = []
     world = plan.world_size
     not_applied: dict[str, str] = {}
     for info in all_linears(gm):
+        if info.node.name in claimed and source == "manual":
+            continue  # a mixer split by a 'mamba' entry
         pattern, strategy = next(
             ((p, s) for (regex, s), p in zip(compiled, tp_plan) if regex.match(info.module)),
             (None, None),

@@ -19,6 +19,7 @@ from ...base import BaseTransform
 from ...facts import CANONICAL_ATTENTION, EXPORTED_GRAPH, SHARDING_PLAN
 from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
+from ._bmm import detect_bmm
 from ._graph import all_linears
 from ._heuristic import (
     REPLICATED_BY_CHOICE,
@@ -28,7 +29,9 @@ from ._heuristic import (
     detect_simple,
     report_leftovers,
 )
+from ._moe import MOE_REASONS, detect_moe, moe_grid
 from ._plan import SHARED_KEY, ShardingPlan
+from ._ssm import detect_ssm, report_unsplit_mixers, ssm_from_tp_plan
 from ._tp_plan import check_manual_plan, plan_from_tp_plan
 
 SOURCES = ("manual", "factory", "heuristic")
@@ -45,7 +48,8 @@ class ManualConfig(BaseModel):
     )
     tp_plan: dict[str, str] = Field(
         default_factory=dict,
-        description="Module-path pattern (`*` = one component) -> colwise | rowwise | gather.",
+        description="Module-path pattern (`*` = one component) -> colwise | rowwise | gather "
+        "| mamba (a Mamba mixer module: heads, groups and conv channels split together).",
     )
 
 
@@ -123,18 +127,25 @@ class DetectSharding(BaseTransform):
             else:
                 self._plan_source(gm, plan, claimed, source, factory, shared_config)
         report_leftovers(gm, plan, claimed)
+        heuristic = "heuristic" in cfg.sharding_source
+        if "bmm" in cfg.sharding_dims and heuristic:
+            detect_bmm(gm, plan)  # after report_leftovers, which keeps entries of linears only
+        if "ep" in cfg.sharding_dims and heuristic:
+            for problem in detect_moe(gm, plan, claimed, moe_grid(world, cfg.process_grid)):
+                self.report_problem(shared_config, problem)
         for note in plan.notes:
             self.log_note(note)
         self._report_unsplit(plan, shared_config)
         setattr(shared_config, SHARED_KEY, plan)
-        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+        matches = len(plan.splits) + len(plan.bmm_splits) + len(plan.experts)
+        return gm, TransformInfo(num_matches=matches, is_clean=True, has_valid_shapes=True)
 
     def _report_unsplit(self, plan: ShardingPlan, shared_config: SharedConfig) -> None:
         """Linears left whole (every rank computes them in full) are a reported fallback."""
         whole = {
             module: reason
             for module, reason in plan.unsharded.items()
-            if not reason.startswith(REPLICATED_BY_CHOICE)
+            if not reason.startswith((*REPLICATED_BY_CHOICE, *MOE_REASONS))
         }
         if whole:
             shown = "; ".join(f"{m}: {r}" for m, r in sorted(whole.items())[:4])
@@ -168,6 +179,10 @@ class DetectSharding(BaseTransform):
         if self.config.simple_shard_only:
             detect_simple(gm, plan, claimed)
             return
+        if "ssm" in self.config.sharding_dims:
+            detect_ssm(gm, plan, claimed)
+        else:
+            report_unsplit_mixers(gm, plan, claimed)
         if "tp" in self.config.sharding_dims:
             detect_attention(gm, plan, claimed)
             detect_mlp(gm, plan, claimed)
@@ -179,6 +194,7 @@ class DetectSharding(BaseTransform):
             if not tp_plan:
                 return
             check_manual_plan(tp_plan, all_linears(gm))
+            ssm_from_tp_plan(gm, plan, tp_plan, claimed)
             head_dim = self.config.manual_config.head_dim
         else:
             sharding = factory.get_sharding_config() if factory is not None else {}

@@ -10,6 +10,7 @@ After::
     o = torch_dist_all_reduce(linear(a, W_o[:, rank cols])) (+ bias after the reduction)
 
 ``gather`` splits add ``torch_dist_all_gather(y, -1, world_size)`` after the linear instead.
+MoE layers keep their experts' share and end in one all-reduce (``_moe.py``).
 Weights are split on the meta device with load hooks (see ``_slicing.py``).
 """
 
@@ -24,9 +25,12 @@ from ...facts import EXPORTED_GRAPH, SHARDING_PLAN, WEIGHTS_SHARDED
 from ...graph_utils import canonicalize_graph, run_shape_prop
 from ...interface import SharedConfig, Stages, TransformConfig, TransformInfo
 from ...registry import TransformRegistry
+from ._bmm import apply_bmm_split
 from ._heuristic import op_name
+from ._moe import apply_expert_split
 from ._plan import SHARED_KEY, ShardingPlan, WeightSplit
 from ._slicing import shard_parameter
+from ._ssm import apply_ssm_layer
 
 ad = torch.ops.auto_deploy
 PLAN_META_KEY = "sharding_plan"
@@ -94,7 +98,7 @@ def apply_split(gm: GraphModule, split: WeightSplit, rank: int, world_size: int)
         shard_parameter(gm, split.bias, 0, split.indices(rank))
     if split.strategy == "gather":
         _insert_after(gm, node, ad.torch_dist_all_gather.default, -1, world_size)
-    else:
+    elif split.strategy == "colwise":  # mamba: the mixer's sizes are rewritten by _ssm.py
         _rewrite_local_sizes(split, node, rank)
 
 
@@ -115,10 +119,17 @@ class ShardingTransformExecutor(BaseTransform):
         if not isinstance(gm, GraphModule) or plan is None:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         gm.meta[PLAN_META_KEY] = plan
-        if not plan.splits:
+        for expert_split in plan.experts:
+            apply_expert_split(gm, expert_split, plan.rank)
+        if not plan.splits and not plan.bmm_splits and not plan.experts:
             return gm, TransformInfo(skipped=True, is_clean=True, has_valid_shapes=True)
         for split in plan.splits:
             apply_split(gm, split, plan.rank, plan.world_size)
+        for layer in plan.ssm_layers:
+            apply_ssm_layer(gm, layer)
+        for bmm in plan.bmm_splits:
+            apply_bmm_split(gm, bmm, plan.world_size)
         canonicalize_graph(gm)
         run_shape_prop(gm)  # checks that every local size fits together
-        return gm, TransformInfo(num_matches=len(plan.splits), is_clean=True, has_valid_shapes=True)
+        matches = len(plan.splits) + len(plan.bmm_splits) + len(plan.experts)
+        return gm, TransformInfo(num_matches=matches, is_clean=True, has_valid_shapes=True)
