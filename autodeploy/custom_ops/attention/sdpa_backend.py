@@ -38,12 +38,14 @@ from .descriptor import ATTENTION_CONVENTION, AttentionDescriptor, AttentionRegi
 class _GroupPlan:
     """Index tensors of one group (the prefills or the decodes) of a step."""
 
-    rows: Tensor  # [B, max_q]: packed token row of each padded query (pads repeat the last row)
+    # [B, max_q]: packed token row of each padded query (pads repeat the last row); None when the
+    # queries are the packed tokens in order (``_StepPlan.in_order``)
+    rows: Tensor | None
     kv_rows: Tensor  # [B * num_keys]: cache row of key positions 0..num_keys-1 of each sequence
     num_keys: int  # the longest context of the group
     # [B, 1, max_q, num_keys]: causal (offset by input_pos) and window; None: every key visible
     visible: Tensor | None
-    valid: Tensor  # [B, max_q]: real (not padded) query rows
+    valid: Tensor | None  # [B, max_q]: real (not padded) query rows (None as ``rows``)
 
 
 @dataclass
@@ -86,13 +88,13 @@ def _make_plan(
 ) -> _StepPlan:
     # Index arithmetic stays in the metadata's int32: indexing accepts it, and converting
     # every tensor to int64 cost more than the rest of a decode plan.
+    input_pos, page0 = input_pos[:num_seqs], cu_num_pages[:num_seqs]
+    if num_prefill == 0:  # decode only: one new token per sequence (the batch contract)
+        return _decode_plan(input_pos, cache_loc, page0, page_size, sliding_window)
     device = cu_seqlen.device
-    cu_seqlen, input_pos = cu_seqlen[: num_seqs + 1], input_pos[:num_seqs]
-    page0 = cu_num_pages[:num_seqs]
+    cu_seqlen = cu_seqlen[: num_seqs + 1]
     seq_lens = cu_seqlen[1:] - cu_seqlen[:-1]
     num_tokens = int(cu_seqlen[-1])
-    if num_prefill == 0 and num_tokens == num_seqs:
-        return _decode_plan(input_pos, cache_loc, page0, page_size, sliding_window)
 
     # The row each new token's k/v is written to.
     seq_of_token = torch.repeat_interleave(
@@ -136,23 +138,23 @@ def _decode_plan(
     page_size: int,
     sliding_window: int | None,
 ) -> _StepPlan:
-    """``_make_plan`` for a decode-only batch (the common step), with fewer ops."""
-    num_keys = int(position.max()) + 1
-    kv_index = torch.arange(num_keys, device=position.device)[None, :]
-    visible: Tensor | None = kv_index <= position[:, None]  # [B, num_keys]
-    if sliding_window is not None:
-        visible &= kv_index > position[:, None] - sliding_window
-    elif bool(visible.all()):  # equal contexts: no mask (SDPA's unmasked path is faster)
-        visible = None
-    rows = torch.arange(position.numel(), device=position.device)[:, None]
-    group = _GroupPlan(
-        rows=rows,
-        kv_rows=_key_rows(cache_loc, page0, position + 1, num_keys, page_size),
-        num_keys=num_keys,
-        visible=None if visible is None else visible[:, None, None],
-        valid=torch.ones_like(rows, dtype=torch.bool),
-    )
-    return _StepPlan(_cache_rows(cache_loc, page0, position, page_size), [group], in_order=True)
+    """``_make_plan`` for a decode-only batch (the common step), with as few ops as possible:
+    each sequence's new token is its last key, so its write row is in the key rows."""
+    low, high = (int(x) for x in torch.aminmax(position))
+    num_keys = high + 1
+    kv_index = torch.arange(num_keys, device=position.device, dtype=position.dtype)[None, :]
+    last = position[:, None]
+    # [B, num_keys]; positions past a sequence's end repeat its last row (they are masked)
+    key_rows = _cache_rows(cache_loc, page0[:, None], torch.minimum(kv_index, last), page_size)
+    visible: Tensor | None = None  # equal contexts, no window: no mask (SDPA is faster)
+    if low != high or sliding_window is not None:
+        visible = kv_index <= last
+        if sliding_window is not None:
+            visible &= kv_index > last - sliding_window
+        visible = visible[:, None, None]  # [B, 1, 1, num_keys]
+    group = _GroupPlan(None, key_rows.reshape(-1), num_keys, visible, None)
+    # The last column is min(num_keys - 1, position) = position: the new token's row.
+    return _StepPlan(key_rows[:, -1], [group], in_order=True)
 
 
 class _PlanCache:
