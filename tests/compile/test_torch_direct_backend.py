@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from autodeploy import LLM, SamplingParams
-from autodeploy.compile.backends.torch_direct import call_ops_directly, python_implementation
+from autodeploy.compile.backends.torch_direct import (
+    bind_weights,
+    call_ops_directly,
+    python_implementation,
+)
 from autodeploy.compile.registry import CompileBackendRegistry, CompileBackendUnavailableError
 
 SETTINGS = dict(
@@ -60,6 +64,26 @@ def test_same_tokens_and_logits_as_the_uncompiled_graph():
         assert auto_deploy_op_nodes(direct.model) == []
         got = [o.outputs[0].token_ids for o in direct.generate(PROMPTS, GREEDY)]
     assert got == expected
+
+
+def test_bound_weights_are_the_modules_own_tensors():
+    """Each weight read becomes one flat attribute; the logits stay bit-identical, nothing new is
+    registered, and an in-place weight change reaches the bound graph."""
+    with LLM(model="builtin:tiny-llama", compile_backend="torch-simple", **SETTINGS) as simple:
+        gm, info = simple.model, simple.cm.info
+        nested = {n.target for n in gm.graph.nodes if n.op == "get_attr" and "." in n.target}
+        names = [name for name, _ in gm.named_parameters()]
+        info.nest_sequences([PROMPTS[0]], input_pos=[0], cache_loc=[[1]])
+        logits = gm(**simple.cm.named_args).clone()
+        assert bind_weights(gm) == len(nested) > 0
+        assert not [n for n in gm.graph.nodes if n.op == "get_attr" and "." in n.target]
+        assert [name for name, _ in gm.named_parameters()] == names
+        info.nest_sequences([PROMPTS[0]], input_pos=[0], cache_loc=[[1]])
+        assert torch.equal(gm(**simple.cm.named_args), logits)
+        with torch.no_grad():
+            gm.get_parameter("model.norm.weight").zero_()  # the last norm now outputs zeros
+        info.nest_sequences([PROMPTS[0]], input_pos=[0], cache_loc=[[1]])
+        assert not gm(**simple.cm.named_args).any()
 
 
 def test_refuses_a_non_cpu_model():

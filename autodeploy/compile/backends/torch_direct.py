@@ -9,6 +9,10 @@ implementation (``torch.library.custom_op``'s own function) to call that functio
 aten ops and ops without one stay as they are. The results are the same: the function is the
 op's implementation on every device without a device-specific kernel, which is why the backend
 is CPU-only.
+
+It also binds every weight the graph reads to a flat attribute of the module (``bind_weights``),
+so a step reads ``self._w12`` instead of walking ``self.model.layers[0].self_attn.o_proj.weight``
+through ``nn.Module.__getattr__`` for each weight of each layer.
 """
 
 from __future__ import annotations
@@ -58,6 +62,38 @@ def call_ops_directly(gm: GraphModule) -> int:
     return count
 
 
+def bind_weights(gm: GraphModule) -> int:
+    """Point every ``get_attr`` node of a nested parameter or buffer at a flat alias kept in the
+    module's instance dict (the same tensor object, found by plain attribute lookup, not
+    ``nn.Module.__getattr__``); return how many. In-place weight updates (``load_state_dict``,
+    ``.to()``) reach the aliases; a parameter object replaced after compilation would not, and
+    nothing does that after the compile stage."""
+    aliases: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or "." not in node.target:
+            continue
+        if node.target not in aliases:
+            value = _weight(gm, node.target)
+            if value is None:
+                continue  # a submodule or a plain attribute: left as it is
+            alias = f"_w{len(aliases)}_{node.target.replace('.', '_')}"
+            gm.__dict__[alias] = value
+            aliases[node.target] = alias
+        node.target = aliases[node.target]
+    if aliases:
+        gm.recompile()
+    return len(aliases)
+
+
+def _weight(gm: GraphModule, target: str) -> torch.Tensor | None:
+    for getter in (gm.get_parameter, gm.get_buffer):
+        try:
+            return getter(target)
+        except AttributeError:
+            pass
+    return None
+
+
 @CompileBackendRegistry.register("torch-direct")
 class TorchDirectBackend(CompilerBackend):
     """The eager graph without a dispatcher round trip per autodeploy op (the CPU default)."""
@@ -75,5 +111,8 @@ class TorchDirectBackend(CompilerBackend):
                 f"{type(self.model).__name__}. Use torch-simple."
             )
         count = call_ops_directly(self.model)
-        logger.debug("torch-direct: %d autodeploy op calls made direct", count)
+        bound = bind_weights(self.model)
+        logger.debug(
+            "torch-direct: %d autodeploy op calls made direct, %d weights bound", count, bound
+        )
         return self.model
