@@ -20,7 +20,8 @@ def test_allocates_the_registered_caches():
     assert cm.num_pages == 2 * 4 + 1  # 2 sequences of 16 tokens in pages of 4 + scratch
     assert sorted(cm.caches) == ["kv_cache_0", "kv_cache_1"]
     for cache in cm.caches.values():
-        assert cache.shape == (9, 2, 2, 4, 8) and cache.dtype == torch.float32
+        # auto's backend on CPU (sdpa) declares the NHD layout: [pages, page_size, k|v, n_kv, d]
+        assert cache.shape == (9, 4, 2, 2, 8) and cache.dtype == torch.float32
     record = gm.meta["_autodeploy"]["transform_history"]["initialize_cache"]
     assert record.num_matches == 2 and not record.skipped
     cm.info.nest_sequences([[1, 2, 3]], [0], [[1]])
