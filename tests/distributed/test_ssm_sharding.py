@@ -41,7 +41,10 @@ def test_nemotron_h_ssm_heuristic_two_ranks(tmp_path):
     assert two_ranks == expected
     assert [layer.module for layer in plan.ssm_layers] == ["model.layers.0.mixer"]
     assert plan.ssm_layers[0].local_sizes == {"heads": 4, "groups": 1}
-    assert reduces == 2  # the mixer's out_proj and the attention's o_proj
+    # the mixer's out_proj, the attention's o_proj and the relu^2 MLP's down_proj
+    assert reduces == 3
+    mlp = {s.module.rsplit(".", 1)[-1]: s.strategy for s in plan.splits if ".2." in s.module}
+    assert mlp == {"up_proj": "colwise", "down_proj": "rowwise"}
 
 
 def test_mamba2_one_group_manual_plan_two_ranks(tmp_path):

@@ -32,7 +32,7 @@ _PASS_THROUGH = {
     "torch_rmsnorm", "torch_l2norm", "torch_attention_repeat_kv", "dropout", "alias",
 }  # fmt: skip
 _ELEMENTWISE = {
-    "silu", "gelu", "relu", "sigmoid", "tanh", "mul", "div", "add", "sub", "pow", "to",
+    "silu", "gelu", "relu", "sigmoid", "tanh", "mul", "div", "add", "sub", "pow", "square", "to",
     "_to_copy", "getitem", "chunk", "dropout", "neg", "exp", "clone", "contiguous",
 }  # fmt: skip
 _MAX_DEPTH = 24
