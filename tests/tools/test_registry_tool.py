@@ -72,7 +72,7 @@ def test_list_shows_every_entry(runs):
         assert row.split()[:2] == [entry.name, entry.config_id]
         assert row.rstrip().endswith("enabled") == entry.enabled
     assert "Templates (no entry may use them yet):" in result.stdout
-    assert "nano_v3.yaml:" in result.stdout
+    assert "simple_shard_only.yaml:" in result.stdout
 
 
 def test_show_prints_every_variant_with_its_files(runs):
