@@ -12,10 +12,12 @@ has to be recognized afterwards, and nothing of the routing is lost (softmax or 
 group-limited top-k, renormalization, bias and scaling all stay in the graph as the model wrote
 them).
 
-An experts module that does not have this shape (biases, transposed or interleaved weights, a
-custom gate, a post-expert norm, an activation the op has no name for), or an MoE block that
-does not use the pluggable experts at all, is rejected by ``check_moe_support`` with the module
-class and what is not supported.
+Ungated experts (``has_gate=False``: Nemotron-H's ``up_proj [E, I, H]``, relu^2, then
+``down_proj``) pass ``up_proj`` where gated ones pass ``gate_up_proj``; ``torch_moe`` tells the
+two apart by shape. An experts module that does not have this shape (biases, transposed or
+interleaved weights, a custom gate, a post-expert norm, an activation the op has no name for),
+or an MoE block that does not use the pluggable experts at all, is rejected by
+``check_moe_support`` with the module class and what is not supported.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ _ACTIVATION_NAMES = {
     "NewGELUActivation": "gelu_tanh",
     "PytorchGELUTanh": "gelu_tanh",
     "ReLU": "relu",
+    "ReLUSquaredActivation": "relu2",
 }
 # Module classes that hold a mixture of experts (MixtralSparseMoeBlock, DbrxExperts, JetMoeMoE,
 # Llama4TextMoe, DeepseekV3MoE, ...); family prefixes like "Qwen2Moe" are not enough.
 _MOE_CLASS = re.compile(r"(MoeBlock|Moe|MoE|Experts)$")
 # Flags that ``@use_experts_implementation`` sets on an experts module, and the value torch_moe
-# needs for each.
+# needs for each (``has_gate`` may be either: ungated experts pass ``up_proj`` alone).
 _REQUIRED_FLAGS = {
-    "has_gate": (True, "an ungated expert MLP (up -> act -> down)"),
     "has_bias": (False, "expert biases"),
     "is_transposed": (False, "transposed expert weights ([E, H, 2I])"),
     "is_concatenated": (True, "interleaved gate/up rows"),
@@ -55,6 +57,11 @@ _REQUIRED_FLAGS = {
 def is_pluggable_experts(module: nn.Module) -> bool:
     """True for an experts module transformers built with ``@use_experts_implementation``."""
     return hasattr(module, "has_gate") and hasattr(module, "is_transposed")
+
+
+def _input_projection(module: nn.Module) -> str:
+    """The stacked input weight: gate and up rows, or (ungated experts) up rows alone."""
+    return "gate_up_proj" if getattr(module, "has_gate", True) else "up_proj"
 
 
 def activation_name(module: nn.Module) -> str | None:
@@ -77,7 +84,7 @@ def unsupported_features(module: nn.Module) -> list[str]:
         problems.append(f"a custom gate function ({type(module).__name__}._apply_gate)")
     if activation_name(module) is None:
         problems.append(f"the activation {type(getattr(module, 'act_fn', None)).__name__}")
-    for name in ("gate_up_proj", "down_proj"):
+    for name in (_input_projection(module), "down_proj"):
         weight = getattr(module, name, None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
             problems.append(f"no stacked 3-D {name} parameter")
@@ -108,8 +115,9 @@ def check_moe_support(model: nn.Module) -> None:
         shown = "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else "")
         raise ExportError(
             f"{type(model).__name__} has mixture-of-experts modules autodeploy cannot export: "
-            f"{shown}. Supported: routed gated-MLP experts with stacked weights (Mixtral, "
-            "Qwen2/3-MoE, OLMoE, ... see the README's 'What is supported')."
+            f"{shown}. Supported: routed MLP experts with stacked weights: gated (Mixtral, "
+            "Qwen2/3-MoE, OLMoE, ...) and ungated ones (Nemotron-H); see the README's 'What is "
+            "supported'."
         )
 
 
@@ -130,7 +138,7 @@ def experts_to_torch_moe(
         hidden_states,
         top_k_index,
         top_k_weights,
-        module.gate_up_proj,
+        getattr(module, _input_projection(module)),
         module.down_proj,
         activation_name(module),
     )

@@ -97,3 +97,40 @@ def test_fake_shapes_under_export():
     )
     out = program.module()(*moe_inputs(3, 16, 12, 4, 2)[:3])
     assert out.shape == (3, 16)
+
+
+def ungated_inputs(seed=11):
+    """Ungated experts (Nemotron-H): the up projection alone, ``[E, I, H]``."""
+    x, selected, weights, gate_up, down = moe_inputs(9, 16, 12, 4, 2, seed=seed)
+    return x, selected, weights, gate_up[:, 12:], down
+
+
+def ungated_loop(x, selected, weights, up, down):
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for k in range(selected.shape[1]):
+            e = int(selected[t, k])
+            out[t] += weights[t, k] * (down[e] @ F.relu(up[e] @ x[t]).square())
+    return out
+
+
+@pytest.mark.parametrize("op", ["torch_moe", "torch_moe_grouped"])
+def test_ungated_experts_match_a_per_token_loop(op):
+    """``[E, I, H]`` input weights: expert(x) = down @ relu(up @ x)^2, also split over ranks."""
+    op = getattr(ad, op)
+    args = ungated_inputs()
+    expected = ungated_loop(*args)
+    torch.testing.assert_close(op(*args, "relu2"), expected)
+    torch.testing.assert_close(expert_parallel_sum(op, args, 2, "relu2"), expected)
+    x, selected, weights, up, down = args
+    gated = torch.cat([up, up], dim=1)  # relu(u) * u == relu(u)^2: the gated path agrees
+    torch.testing.assert_close(op(x, selected, weights, gated, down, "relu"), expected)
+
+
+def test_weight_shapes_that_are_neither_gated_nor_ungated_are_named():
+    from autodeploy.custom_ops.moe.torch_backend import check_moe_args
+
+    x, selected, weights, gate_up, down = moe_inputs(3, 16, 12, 4, 2)
+    check_moe_args("torch_moe", x, selected, weights, gate_up[:, 12:], down, "relu2")  # ungated
+    with pytest.raises(ValueError, match=r"rows 2 \* intermediate \(gated\) or intermediate"):
+        check_moe_args("torch_moe", x, selected, weights, gate_up[:, :20], down, "silu")

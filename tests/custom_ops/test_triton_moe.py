@@ -84,6 +84,7 @@ def test_unsupported_inputs_are_named():
     x = torch.zeros(2, 8, dtype=torch.float64)
     assert "dtype" in triton_moe_input_problem(x, "silu")
     assert "relu" in triton_moe_input_problem(x.float(), "relu")
+    assert "ungated" in triton_moe_input_problem(x.float(), "silu", gated=False)
 
 
 @pytest.mark.gpu

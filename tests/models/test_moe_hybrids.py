@@ -1,12 +1,12 @@
 """Mamba-2 hybrids with mixture-of-experts layers (fp32, CPU, one rank).
 
 GraniteMoeHybrid with experts (the granite-4.0-h-tiny/small layout: a Mamba layer and an
-attention layer, each followed by routed gated experts plus a shared MLP): one ``torch_moe`` per
-layer next to the mixer's ``torch_ssm`` and the attention; greedy tokens equal Hugging Face's
-(a batch, then chunked prefill) and each cached step's logits are within 1e-4 of HF's full
-forward. Nemotron-H with ``moe`` layers (the Nemotron-3-Nano layout) has ungated relu^2 experts,
-which ``torch_moe`` (gated experts only) cannot express: the build fails naming the module and
-what is missing.
+attention layer, each followed by routed gated experts plus a shared MLP) and Nemotron-H with
+``moe`` layers (the Nemotron-3-Nano layout: mamba, moe, attention; ungated relu^2 experts with
+sigmoid group-limited routing and a shared expert). Each exports one ``torch_moe`` per MoE layer
+next to the mixer's ``torch_ssm`` and the attention, with logits equal to HF's before any cache;
+built, its greedy tokens equal Hugging Face's (a batch on two state slots, then chunked prefill)
+and each cached step's logits are within 1e-4 of HF's full forward.
 """
 
 from __future__ import annotations
@@ -19,51 +19,60 @@ from tiny_models import save_tiny
 
 from autodeploy import LLM, SamplingParams
 from autodeploy.transforms.graph_utils import count_ops
-from autodeploy.utils.errors import ExportError
 
 ad = torch.ops.auto_deploy
 NEW_TOKENS = 8  # crosses a chunk boundary of the scan (chunk 8)
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+# arch -> layers holding experts (from the layer pattern in tiny_models.py)
+MOE_LAYERS = {"granitemoehybrid_moe": [0, 1], "nemotron_h_moe": [1]}
 
 
 @pytest.fixture(scope="module")
-def granite(tmp_path_factory):
-    """(LLM on the torch backends, HF model, HF greedy tokens per prompt)."""
-    path = tmp_path_factory.mktemp("granitemoehybrid_moe")
-    model = save_tiny(path, "granitemoehybrid_moe")
-    expected = [hf_greedy(model, p, NEW_TOKENS) for p in make_prompts()]
-    llm = LLM(model=str(path), **{**llm_settings("torch"), "max_batch_size": 2})
-    yield llm, model, expected
-    llm.shutdown()
+def built(tmp_path_factory):
+    """arch -> (LLM on the torch backends, HF model, HF greedy tokens per prompt); lazily."""
+    cache: dict[str, tuple] = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            path = tmp_path_factory.mktemp(arch)
+            model = save_tiny(path, arch)
+            expected = [hf_greedy(model, p, NEW_TOKENS) for p in make_prompts()]
+            llm = LLM(model=str(path), **{**llm_settings("torch"), "max_batch_size": 2})
+            cache[arch] = (llm, model, expected)
+        return cache[arch]
+
+    yield get
+    for llm, _, _ in cache.values():
+        llm.shutdown()
 
 
-def _graph_ops(llm: LLM) -> dict[str, int]:
-    """Canonical / cached op counts of the built graph, by family."""
-    targets = [str(n.target) for n in llm.model.graph.nodes if n.op == "call_function"]
-    return {
-        family: sum(family in target for target in targets)
-        for family in ("moe", "ssm", "causal_conv", "attention")
-    }
-
-
-def test_granite_moe_hybrid_has_one_moe_op_per_layer(granite):
-    llm, _, _ = granite
-    ops = _graph_ops(llm)
-    assert ops["moe"] == 2  # both decoder layers (mamba and attention) carry experts
-    assert ops["ssm"] == 1 and ops["causal_conv"] == 1  # layer 0's mixer (cached ops)
-    assert ops["attention"] == 1  # layer 1
+@pytest.mark.parametrize("arch", list(MOE_LAYERS))
+def test_exports_canonical_ops_equal_to_hugging_face(tmp_path_factory, arch):
+    """Before any cache: one torch_moe per MoE layer, the mixer's canonical ops, one attention,
+    and the graph's logits equal HF's (two sequences of 19 tokens)."""
+    model, gm = build(tmp_path_factory, arch)
+    assert count_ops(gm, ad.torch_moe) == len(MOE_LAYERS[arch])
+    assert count_ops(gm, ad.torch_ssm) == count_ops(gm, ad.torch_causal_conv1d) == 1
+    assert count_ops(gm, ad.torch_attention) == 1
     moe_layers = [
         str(n.meta.get("nn_module_stack", ""))
-        for n in llm.model.graph.nodes
-        if n.op == "call_function" and "moe" in str(n.target)
+        for n in gm.graph.nodes
+        if n.op == "call_function" and n.target == ad.torch_moe.default
     ]
-    assert "layers.0" in moe_layers[0] and "layers.1" in moe_layers[1]
+    for layer, stack in zip(MOE_LAYERS[arch], moe_layers):
+        assert f"layers.{layer}." in stack
+    ids = torch.randint(3, 256, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        got = gm(input_ids=ids, position_ids=torch.arange(19).expand(2, 19))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_granite_moe_hybrid_greedy_tokens_match_hugging_face(granite):
+@pytest.mark.parametrize("arch", list(MOE_LAYERS))
+def test_greedy_tokens_match_hugging_face(arch, built):
     """Three prompts on two state slots (the third waits), then 8-token steps: the longer
     prompts are prefilled in chunks next to the shorter ones' decodes."""
-    llm, _, expected = granite
+    llm, _, expected = built(arch)
     prompts = make_prompts()
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)] == expected
     scheduler = llm.engine.scheduler  # the driver thread is idle between generate calls
@@ -75,9 +84,14 @@ def test_granite_moe_hybrid_greedy_tokens_match_hugging_face(granite):
     assert [o.outputs[0].token_ids for o in outputs] == expected
 
 
-def test_granite_moe_hybrid_cached_logits_match_hugging_face(granite):
+@pytest.mark.parametrize("arch", list(MOE_LAYERS))
+def test_cached_logits_match_hugging_face(arch, built):
     """Prefill, then decode step by step: every step's logits within 1e-4 of HF's forward."""
-    llm, model, expected = granite
+    llm, model, expected = built(arch)
+    targets = [str(n.target) for n in llm.model.graph.nodes if n.op == "call_function"]
+    moe_ops = [target for target in targets if "moe" in target]  # compiled: op wrappers
+    assert len(moe_ops) == len(MOE_LAYERS[arch])
+    assert all("torch_moe_grouped" in target for target in moe_ops)  # fuse_moe's CPU backend
     prompt = make_prompts()[1]
     sequence = prompt + expected[1]
     with torch.no_grad():
@@ -92,28 +106,3 @@ def test_granite_moe_hybrid_cached_logits_match_hugging_face(granite):
             info.nest_sequences([[sequence[position]]], [position], [pages], slot_idx=[1])
             logits = info.gather_last_logits(llm.model(**llm.cm.named_args))
             torch.testing.assert_close(logits[0], reference[position], atol=1e-4, rtol=1e-4)
-
-
-def test_nemotron_h_ungated_experts_fail_naming_what_is_missing(tmp_path):
-    """The mixer and attention layers would export; the relu^2 experts (up -> act -> down, no
-    gate projection) are not a torch_moe and must not be dropped or approximated."""
-    save_tiny(tmp_path, "nemotron_h_moe")
-    with pytest.raises(ExportError) as raised:
-        LLM(model=str(tmp_path), **llm_settings("torch"))
-    message = str(raised.value)
-    assert "model.layers.1.mixer.experts (NemotronHExperts)" in message
-    assert "an ungated expert MLP" in message and "ReLUSquaredActivation" in message
-
-
-def test_granite_moe_hybrid_exports_canonical_ops_equal_to_hugging_face(tmp_path_factory):
-    """Before any cache: one torch_moe per decoder layer, the mixer's canonical ops, and the
-    graph's logits equal HF's (two sequences of 19 tokens)."""
-    model, gm = build(tmp_path_factory, "granitemoehybrid_moe")
-    assert count_ops(gm, ad.torch_moe) == 2
-    assert count_ops(gm, ad.torch_ssm) == count_ops(gm, ad.torch_causal_conv1d) == 1
-    assert count_ops(gm, ad.torch_attention) == 1
-    ids = torch.randint(3, 256, (2, 19), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = model(input_ids=ids).logits
-        got = gm(input_ids=ids, position_ids=torch.arange(19).expand(2, 19))
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -18,11 +18,12 @@ from torch.fx import Node
 from ...utils.node_args import node_val
 from ..op_backend import BackendRegistry, OpBackend, OpFamily
 from ..triton_availability import triton_unavailable
+from .torch_backend import is_gated
 
 MOE = BackendRegistry.register_family(
     OpFamily(
         name="moe",
-        description="routed gated-MLP experts (torch_moe)",
+        description="routed MLP experts (torch_moe)",
         setting="fuse_moe.backend",
     )
 )
@@ -31,8 +32,10 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_ACTIVATIONS = {"silu": 0, "gelu": 1}  # the activations the kernel fuses, by id
 
 
-def triton_moe_input_problem(hidden_states: Any, activation: str) -> str | None:
+def triton_moe_input_problem(hidden_states: Any, activation: str, gated: bool = True) -> str | None:
     """Why ``triton_moe_fused`` cannot take these inputs (None: it can, or no shape)."""
+    if not gated:
+        return "ungated experts (the kernel fuses act(gate) * up)"
     if activation not in TRITON_ACTIVATIONS:
         return f"activation {activation!r} (the kernel fuses {', '.join(TRITON_ACTIVATIONS)})"
     if isinstance(hidden_states, torch.Tensor) and hidden_states.dtype not in TRITON_DTYPES:
@@ -85,4 +88,7 @@ class TritonMoE(MoEBackend):
 
     @classmethod
     def supports(cls, node: Node) -> str | None:
-        return triton_moe_input_problem(node_val(node.args[0]), _activation(node))
+        gate_up, down = node_val(node.args[3]), node_val(node.args[4])
+        known = all(isinstance(w, torch.Tensor) for w in (gate_up, down))
+        gated = is_gated(gate_up, down) if known else True
+        return triton_moe_input_problem(node_val(node.args[0]), _activation(node), gated)

@@ -9,14 +9,17 @@ Argument contract (shared by every MoE backend, ``torch_moe_grouped`` and ``trit
 - ``routing_weights`` ``[T, K]``: the weight of each picked expert (already normalized, biased,
   scaled, as the model's router defines it; routing stays in the graph as ordinary ops).
 - ``gate_up_weight`` ``[E, 2 * I, H]``: per expert, rows ``[0, I)`` are the gate projection and
-  rows ``[I, 2I)`` the up projection (Hugging Face's ``experts.gate_up_proj``).
+  rows ``[I, 2I)`` the up projection (Hugging Face's ``experts.gate_up_proj``). Ungated experts
+  (Nemotron-H: ``up -> act -> down``, no gate projection) pass the up projection alone,
+  ``[E, I, H]``; the op tells the two apart by ``down_weight``'s ``I`` (``is_gated``).
 - ``down_weight`` ``[E, H, I]``: per expert, the down projection (``experts.down_proj``).
-- ``activation``: the gate activation, one of ``ACTIVATIONS``.
+- ``activation``: the gate activation (ungated: the up projection's), one of ``ACTIVATIONS``.
 
 Output ``[T, H]`` (dtype of ``hidden_states``)::
 
     out[t] = sum_k routing_weights[t, k] * expert_{selected_experts[t, k]}(hidden_states[t])
-    expert_e(x) = down_weight[e] @ (act(gate_e @ x) * (up_e @ x))
+    expert_e(x) = down_weight[e] @ (act(gate_e @ x) * (up_e @ x))      # gated
+    expert_e(x) = down_weight[e] @ act(up_e @ x)                        # ungated
 
 Expert parallelism: the expert dimension is dim 0 of both weights and nothing else, so a rank can
 hold a contiguous slice of experts ``[start, stop)`` (``E = stop - start`` locally) and pass
@@ -41,7 +44,22 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),  # Nemotron-H's squared ReLU
 }
+
+
+def is_gated(gate_up_weight: Tensor, down_weight: Tensor) -> bool:
+    """Gated experts (gate and up rows, ``[E, 2I, H]``), not ungated (up rows, ``[E, I, H]``)."""
+    return gate_up_weight.shape[1] != down_weight.shape[2]
+
+
+def activate(projected: Tensor, activation: str, gated: bool) -> Tensor:
+    """The expert intermediate from the input projection ``[..., 2I]`` (gated: gate | up) or
+    ``[..., I]`` (ungated: up)."""
+    if not gated:
+        return ACTIVATIONS[activation](projected)
+    gate, up = projected.chunk(2, dim=-1)
+    return ACTIVATIONS[activation](gate) * up
 
 
 def check_moe_args(
@@ -70,16 +88,18 @@ def check_moe_args(
             f"{name}: routing_weights {routing_weights.shape} must match selected_experts "
             f"{selected_experts.shape}."
         )
-    experts, two_inter, weight_hidden = gate_up_weight.shape
-    if weight_hidden != hidden or two_inter % 2:
+    experts, rows, weight_hidden = gate_up_weight.shape
+    if weight_hidden != hidden:
         raise ValueError(
-            f"{name}: gate_up_weight must be [experts, 2 * intermediate, {hidden}], got "
-            f"{gate_up_weight.shape}."
+            f"{name}: gate_up_weight must be [experts, 2 * intermediate (gated) or intermediate, "
+            f"{hidden}], got {gate_up_weight.shape}."
         )
-    if down_weight.shape != (experts, hidden, two_inter // 2):
+    inter = down_weight.shape[-1]
+    if down_weight.shape[:2] != (experts, hidden) or rows not in (inter, 2 * inter):
         raise ValueError(
-            f"{name}: down_weight must be [{experts}, {hidden}, {two_inter // 2}], got "
-            f"{down_weight.shape}."
+            f"{name}: down_weight must be [{experts}, {hidden}, intermediate] with gate_up_weight "
+            f"rows 2 * intermediate (gated) or intermediate (ungated); got {down_weight.shape} "
+            f"and {gate_up_weight.shape}."
         )
 
 
@@ -92,16 +112,16 @@ def torch_moe(
     down_weight: Tensor,
     activation: str = "silu",
 ) -> Tensor:
-    """Routed gated-MLP experts; see the module docstring for the argument contract."""
+    """Routed MLP experts (gated or ungated); see the module docstring for the contract."""
     num_experts = gate_up_weight.shape[0]
     local = (selected_experts >= 0) & (selected_experts < num_experts)  # [T, K]
     # combine[t, e]: the routing weight token t gives expert e (0 where e was not picked).
     one_hot = F.one_hot(torch.where(local, selected_experts, 0).long(), num_experts)  # [T, K, E]
     weights = torch.where(local, routing_weights, 0)  # pairs for no local expert add nothing
     combine = (one_hot * weights.unsqueeze(-1)).sum(dim=1)  # [T, E]
-    gate_up = torch.einsum("th,eoh->teo", hidden_states, gate_up_weight)  # [T, E, 2I]
-    gate, up = gate_up.chunk(2, dim=-1)  # [T, E, I] each
-    intermediate = ACTIVATIONS[activation](gate) * up  # [T, E, I]
+    gate_up = torch.einsum("th,eoh->teo", hidden_states, gate_up_weight)  # [T, E, 2I or I]
+    gated = is_gated(gate_up_weight, down_weight)
+    intermediate = activate(gate_up, activation, gated)  # [T, E, I]
     expert_out = torch.einsum("tei,ehi->teh", intermediate, down_weight)  # [T, E, H]
     out = (expert_out * combine.to(expert_out.dtype).unsqueeze(-1)).sum(dim=1)  # [T, H]
     return out.to(hidden_states.dtype)

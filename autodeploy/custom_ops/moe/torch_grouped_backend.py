@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .torch_backend import ACTIVATIONS
+from .torch_backend import activate, is_gated
 
 
 @torch.library.custom_op("auto_deploy::torch_moe_grouped", mutates_args=())
@@ -30,7 +30,7 @@ def torch_moe_grouped(
     """``torch_moe`` with per-expert GEMMs over the tokens routed to each expert."""
     top_k = selected_experts.shape[1]
     num_experts = gate_up_weight.shape[0]
-    act = ACTIVATIONS[activation]
+    gated = is_gated(gate_up_weight, down_weight)
     flat_experts = selected_experts.reshape(-1)  # pair p = token p // K, slot p % K
     # Ids outside [0, E) (other ranks' experts) go to bucket E, sorted last and never computed.
     local = (flat_experts >= 0) & (flat_experts < num_experts)
@@ -45,8 +45,8 @@ def torch_moe_grouped(
         pairs = order[start : start + count]
         start += count
         tokens = hidden_states[pairs // top_k]
-        gate, up = F.linear(tokens, gate_up_weight[expert]).chunk(2, dim=-1)
-        pair_out[pairs] = F.linear(act(gate) * up, down_weight[expert])
+        intermediate = activate(F.linear(tokens, gate_up_weight[expert]), activation, gated)
+        pair_out[pairs] = F.linear(intermediate, down_weight[expert])
     weights = routing_weights.reshape(-1, 1).to(pair_out.dtype)
     return (pair_out * weights).view(-1, top_k, hidden_states.shape[1]).sum(dim=1)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._triton_kernel import TritonKernel
 from .backends import TRITON_ACTIVATIONS, triton_moe_input_problem
-from .torch_backend import check_moe_args
+from .torch_backend import check_moe_args, is_gated
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 32
 
@@ -188,7 +188,9 @@ def triton_moe_fused(
         down_weight,
         activation,
     )
-    reason = triton_moe_input_problem(hidden_states, activation)
+    reason = triton_moe_input_problem(
+        hidden_states, activation, is_gated(gate_up_weight, down_weight)
+    )
     if reason is not None:
         raise ValueError(f"triton_moe_fused does not support {reason}; use torch_moe.")
     tokens, hidden = hidden_states.shape

@@ -60,7 +60,7 @@ class ExpertSplit:
 
     node: str  # the torch_moe node's name
     module: str  # the experts module (owner of both stacked parameters)
-    gate_up: str  # parameter target, full shape [E, 2I, H]
+    gate_up: str  # parameter target, full shape [E, 2I, H] (ungated experts: [E, I, H])
     down: str  # parameter target, full shape [E, H, I]
     num_experts: int
     intermediate: int
@@ -199,13 +199,16 @@ def apply_expert_split(gm: GraphModule, split: ExpertSplit, rank: int) -> None:
     owner.expert_range = (start, stop)
     if split.tp_size > 1:
         inter = split.inter_indices(rank)
-        gate_up_rows = inter + [split.intermediate + i for i in inter]  # gate half | up half
+        num_rows = gm.get_parameter(split.gate_up).shape[1]  # 2I gated, I ungated (up only)
+        gate_up_rows = list(inter)
+        if num_rows == 2 * split.intermediate:
+            gate_up_rows += [split.intermediate + i for i in inter]  # gate half | up half
         # The lazy reader reads the expert slice; a second hook cuts the intermediate slice.
         shard_parameter(gm, split.gate_up, 1, gate_up_rows, lazy_read=False)
         shard_parameter(gm, split.down, 2, inter, lazy_read=False)
         leaf = lambda target: target.rpartition(".")[2]  # noqa: E731
         owner.expert_slices = {
-            leaf(split.gate_up): (1, gate_up_rows, 2 * split.intermediate),
+            leaf(split.gate_up): (1, gate_up_rows, num_rows),
             leaf(split.down): (2, inter, split.intermediate),
         }
     with gm.graph.inserting_before(node):
