@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -58,10 +59,31 @@ def run_shape_prop(gm: GraphModule) -> None:
     try:
         # The Python dispatcher lets symbolic-shape decompositions run; without it torch 2.11
         # fails on some ops with symbolic sizes (e.g. matmul of a fused GEMM's output).
-        with mode, enable_python_dispatcher():
+        with mode, enable_python_dispatcher(), _buffers_on_meta_with_meta_parameters(gm):
             FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*inputs)
     finally:
         mode.allow_non_fake_inputs = prev
+
+
+@contextlib.contextmanager
+def _buffers_on_meta_with_meta_parameters(gm: GraphModule) -> Iterator[None]:
+    """Before weight loading the parameters are on meta but buffers are real (models/meta_init.py):
+    a real buffer meeting activations (e.g. a router's ``e_score_correction_bias``) would mix
+    devices, so during propagation the buffers are meta too."""
+    if not any(p.device.type == "meta" for p in gm.parameters()):
+        yield
+        return
+    swapped = []
+    for module in gm.modules():
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.device.type != "meta" and buffer.dim() > 0:
+                swapped.append((module, name, buffer))
+                module._buffers[name] = buffer.to("meta")
+    try:
+        yield
+    finally:
+        for module, name, buffer in swapped:
+            module._buffers[name] = buffer
 
 
 # node.meta key set by the torch-direct compile backend: the op a direct function call stands for.

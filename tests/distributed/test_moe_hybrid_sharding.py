@@ -1,8 +1,11 @@
 """A Mamba-2 + MoE hybrid over two ranks (CPU, gloo) with every sharding dimension on.
 
-GraniteMoeHybrid with experts, ``sharding_dims: [tp, ep, bmm, ssm]``: the mixer's heads split
-(``ssm``), the experts split (``ep``: two of four per rank), the attention and the shared MLP
-split (``tp``); greedy tokens equal Hugging Face eager. One launch keeps the time bounded.
+Nemotron-H with ``moe`` layers (the Nemotron-3-Nano layout: mamba, moe, attention; ungated
+relu^2 experts, a shared expert), ``sharding_dims: [tp, ep, bmm, ssm]``: the mixer's heads split
+(``ssm``), the routed experts split (``ep``: two of four per rank), the attention and the shared
+expert split (``tp``); greedy tokens equal Hugging Face eager. One launch keeps the time bounded
+(GraniteMoeHybrid's gated experts: tests/models/test_moe_hybrids.py at one rank, the gated EP
+path across ranks in test_expert_parallel.py).
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from autodeploy import LLM
 from autodeploy.runtime.all_token_logits import find_graph_module
 
 
-def test_granite_moe_hybrid_all_dims_two_ranks(tmp_path):
-    model = save_tiny(tmp_path, "granitemoehybrid_moe")
+def test_nemotron_h_moe_all_dims_two_ranks(tmp_path):
+    model = save_tiny(tmp_path, "nemotron_h_moe")
     expected = [hf_greedy(model, p) for p in PROMPTS]
     detect = {"stage": "sharding", "sharding_dims": ["tp", "ep", "bmm", "ssm"]}
     with LLM(
@@ -25,9 +28,11 @@ def test_granite_moe_hybrid_all_dims_two_ranks(tmp_path):
         assert tokens(llm) == expected
         plan = find_graph_module(llm.model).meta["sharding_plan"]
     assert worker_pids() == []
-    assert [layer.module for layer in plan.ssm_layers] == ["model.layers.0.mamba"]
+    assert [layer.module for layer in plan.ssm_layers] == ["model.layers.0.mixer"]
     assert plan.ssm_layers[0].local_sizes == {"heads": 4, "groups": 1}
-    assert [split.describe(0) for split in plan.experts] == ["ep: experts 0-1 of 4"] * 2
-    strategies = {s.module.split("model.layers.1.", 1)[-1]: s.strategy for s in plan.splits}
-    assert strategies["self_attn.q_proj"] == "colwise"
-    assert strategies["self_attn.o_proj"] == "rowwise"
+    assert [split.describe(0) for split in plan.experts] == ["ep: experts 0-1 of 4"]
+    strategies = {s.module.removeprefix("model.layers."): s.strategy for s in plan.splits}
+    assert strategies["1.mixer.shared_experts.up_proj"] == "colwise"
+    assert strategies["1.mixer.shared_experts.down_proj"] == "rowwise"
+    assert strategies["2.mixer.q_proj"] == "colwise"
+    assert strategies["2.mixer.o_proj"] == "rowwise"

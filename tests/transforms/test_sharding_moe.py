@@ -184,3 +184,24 @@ def test_shared_expert_split_by_tp_and_its_gate_replicated(tmp_path_factory):
     assert plan.unsharded["model.layers.0.mlp.gate"].startswith("router:")
     assert not gm.meta["_autodeploy"]["problems"]
     assert [s.describe(1) for s in plan.experts] == ["ep: experts 2-3 of 4"]  # layer 1 is dense
+
+
+def test_ungated_experts_keep_their_slice_of_the_up_rows(tmp_path_factory):
+    """Nemotron-H's ungated experts (``up_proj [E, I, H]``) under EP x TP: each rank keeps its
+    experts and its half of I (up rows and down columns), loaded from the per-expert
+    checkpoint tensors, and the sharded MoE op computes its share of the full op."""
+    path = tiny_dir(tmp_path_factory, "nemotron_h_moe")
+    reference = dict(tiny_model("nemotron_h_moe").named_parameters())
+    experts = "model.layers.1.mixer.experts.{}"
+    _, factory = canonical(path)
+    for rank in (1, 2):
+        gm, plan = shard(path, 4, rank=rank, detect=GRID)
+        assert [split.describe(rank) for split in plan.experts][0].startswith("ep x tp")
+        factory.load_or_random_init(gm, "cpu")
+        start, inter = 2 * (rank // 2), slice(16 * (rank % 2), 16 * (rank % 2) + 16)
+        up = reference[experts.format("up_proj")][start : start + 2, inter]
+        down = reference[experts.format("down_proj")][start : start + 2, :, inter]
+        local_up = gm.get_parameter(experts.format("up_proj"))
+        torch.testing.assert_close(local_up, up, rtol=0, atol=0)
+        local_down = gm.get_parameter(experts.format("down_proj"))
+        torch.testing.assert_close(local_down, down, rtol=0, atol=0)
