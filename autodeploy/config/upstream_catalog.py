@@ -12,11 +12,22 @@ from __future__ import annotations
 
 # Reasons, shared by many entries.
 TRTLLM_KERNEL = "a TensorRT-LLM kernel; autodeploy has no TensorRT-LLM dependency"
-NEEDS_MOE = "needs MoE support (not built yet)"
+MOE_BY_EXPORT = (
+    "autodeploy's MoE layers come from an export patch (hf_moe_experts: one torch_moe op per "
+    "layer), not from pattern matching"
+)
+DEEPSEEK_KERNELS = "a DeepSeek-specific kernel path autodeploy does not implement"
+EP_BY_GRID = (
+    "expert parallelism is set with transforms.detect_sharding.process_grid: {ep: E, tp: T} "
+    "(1-D EP over all ranks by default)"
+)
 NEEDS_MLA = "needs MLA attention (not built yet)"
 NEEDS_QUANT = "needs quantized checkpoints (FP8/NVFP4/INT4/MXFP4; not built yet)"
-NEEDS_SSM = "needs Mamba/SSM and linear-attention state caches (not built yet)"
-NEEDS_SHARDING = "needs the sharding stage (world_size > 1; not built yet)"
+SSM_BY_EXPORT = (
+    "autodeploy's Mamba-2 layers come from an export patch (mamba2_mixer), not from pattern "
+    "matching"
+)
+NEEDS_LINEAR_ATTENTION = "needs linear-attention (delta rule) state caches (not built yet)"
 NEEDS_SPEC = "needs speculative decoding (Eagle3/MTP; not built yet)"
 NEEDS_VLM = "needs vision-language models (not built yet)"
 MULTI_STREAM = "multi-stream CUDA overlap is not implemented"
@@ -39,19 +50,19 @@ UPSTREAM_TRANSFORMS: dict[str, str] = {
         "a graph cleanup autodeploy does not need (results are unchanged)",
     ),
     **dict.fromkeys(
+        ["match_moe_pattern", "match_dense_moe_pattern", "match_bmm_moe_pattern"],
+        MOE_BY_EXPORT,
+    ),
+    "multi_stream_moe": MULTI_STREAM,
+    **dict.fromkeys(
         [
-            "match_moe_pattern",
-            "match_dense_moe_pattern",
-            "match_bmm_moe_pattern",
             "match_noaux_tc",
-            "fuse_moe",
-            "multi_stream_moe",
             "deepseek_v4_moe",
             "fuse_dsv3_router_gemm",
             "fuse_dsv3_a_gemm",
             "lower_dsv3_a_gemm",
         ],
-        NEEDS_MOE,
+        DEEPSEEK_KERNELS,
     ),
     **dict.fromkeys(
         [
@@ -110,25 +121,21 @@ UPSTREAM_TRANSFORMS: dict[str, str] = {
         TRTLLM_KERNEL,
     ),
     **dict.fromkeys(
-        [
-            "match_l2norm_pattern",
-            "match_causal_conv",
-            "fuse_l2norm",
-            "fuse_gated_rmsnorm",
-            "fuse_mamba_a_log",
-            "fuse_gdn_gating",
-            "insert_cached_ssm_attention",
-            "insert_cached_causal_conv",
-            "insert_cached_delta_rule",
-            "insert_cached_gated_delta_rule",
-            "fuse_causal_conv_activation",
-            "linear_attention",
-        ],
-        NEEDS_SSM,
+        ["match_causal_conv", "fuse_gated_rmsnorm"],
+        SSM_BY_EXPORT,
     ),
     **dict.fromkeys(
-        ["detect_sharding", "sharding_transform_executor", "apply_sharding_hints"],
-        NEEDS_SHARDING,
+        [
+            "fuse_l2norm",
+            "fuse_gdn_gating",
+            "insert_cached_delta_rule",
+            "insert_cached_gated_delta_rule",
+            "linear_attention",
+        ],
+        NEEDS_LINEAR_ATTENTION,
+    ),
+    "apply_sharding_hints": (
+        "sharding hints are not implemented; give a plan with detect_sharding.manual_config.tp_plan"
     ),
     **dict.fromkeys(["detect_hidden_states_for_capture", "insert_cached_residual_add"], NEEDS_SPEC),
     **dict.fromkeys(
@@ -186,14 +193,16 @@ UPSTREAM_TRANSFORM_BASE_KEYS: dict[str, str] = {
 UPSTREAM_TRANSFORM_KEYS: dict[tuple[str, str], str] = {
     ("build_model", "device"): "autodeploy always builds on the meta device",
     ("export_to_gm", "clone_state_dict"): "autodeploy never clones the state dict on export",
-    ("export_to_gm", "num_moe_experts_for_export"): NEEDS_MOE,
+    ("export_to_gm", "num_moe_experts_for_export"): (
+        "autodeploy exports every MoE layer whole (one torch_moe op), whatever the expert count"
+    ),
     ("match_attention_layout", "attn_layout"): "the cached backend declares its layout",
     ("match_rope_layout", "expected_layout"): "the cached backend declares its layout",
     ("load_weights", "checkpoint_device"): "weights load straight onto the model's device",
     ("compile_model", "piecewise_enabled"): "piecewise CUDA graphs are not implemented",
     ("compile_model", "num_batched_inputs"): "autodeploy finds the batched inputs itself",
     ("resize_kv_cache", "free_mem_ratio"): "use kv_cache_config.free_gpu_memory_fraction",
-    ("fuse_rmsnorm", "gated_rmsnorm_backend"): NEEDS_SSM,
+    ("fuse_rmsnorm", "gated_rmsnorm_backend"): "the gated RMSNorm runs its reference op",
     ("gather_logits_before_lm_head", "max_batch_size"): "sized from max_batch_size",
 }
 
@@ -207,9 +216,9 @@ UPSTREAM_TRANSFORM_RENAMES: dict[tuple[str, str], str] = {
 UPSTREAM_TOP_LEVEL_UNUSED: dict[str, tuple[str, object]] = {
     "pipeline_parallel_size": ("pipeline parallelism is not implemented", 1),
     "context_parallel_size": ("context parallelism is not implemented", 1),
-    "moe_expert_parallel_size": (NEEDS_MOE, None),
-    "moe_tensor_parallel_size": (NEEDS_MOE, None),
-    "moe_cluster_parallel_size": (NEEDS_MOE, None),
+    "moe_expert_parallel_size": (EP_BY_GRID, None),
+    "moe_tensor_parallel_size": (EP_BY_GRID, None),
+    "moe_cluster_parallel_size": ("MoE cluster parallelism is not implemented", None),
     "enable_attention_dp": ("attention data parallelism is not implemented", False),
     "speculative_config": (NEEDS_SPEC, None),
     "speculative_model_kwargs": (NEEDS_SPEC, None),

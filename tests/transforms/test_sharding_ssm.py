@@ -58,8 +58,9 @@ def test_local_shapes_and_one_all_reduce_per_mixer(nemotron):
     assert tuple(ssm.args[2].meta["val"].shape[2:]) == (1, 16)  # local groups
     (norm,) = nodes(gm, "torch_rmsnorm_gated")
     assert norm.args[4] == 64  # one whole norm group per rank
-    # one all-reduce for the mixer, one for the attention layer; the LM head gathers
-    assert count_collectives(gm) == (2, 1)
+    # one all-reduce each for the mixer, the attention layer and the relu^2 MLP; the LM head
+    # gathers
+    assert count_collectives(gm) == (3, 1)
     in_proj = next(s for s in plan.splits if s.module == MIXER + "in_proj")
     rows = in_proj.indices(1)
     # rank 1: heads 4..7 of z (rows 0..127), x (128..255) and dt (320..327); group 1 of B
