@@ -26,8 +26,8 @@ hold a contiguous slice of experts ``[start, stop)`` (``E = stop - start`` local
 ``selected_experts - start``: the pairs routed to other ranks' experts fall outside ``[0, E)``
 and cost no expert compute in the grouped backends (the reference masks them). Summing the
 ranks' partial outputs (one all-reduce) gives the full result. Tensor parallelism within an
-expert splits ``I``: the gate rows and the up rows of ``gate_up_weight`` separately (dim 1),
-``down_weight`` on dim 2; the partial outputs again add up.
+expert splits ``I``: the gate rows and the up rows of ``gate_up_weight`` separately (dim 1;
+ungated: the up rows), ``down_weight`` on dim 2; the partial outputs again add up.
 
 The reference below computes every expert for every token and keeps only the routed results
 (a dense one-hot combine): slow, but free of data-dependent shapes and easy to check.

@@ -6,8 +6,9 @@ The ranks form a grid ``{ep: G, tp: T}`` (``process_grid``; without one, or when
 not the world size, ``G = world_size, T = 1``), last dimension stride one: ranks
 ``[g*T, (g+1)*T)`` are EP group ``g``. Group ``g`` holds experts ``[g*E/G, (g+1)*E/G)``; inside
 it, each expert's intermediate dim ``I`` is split ``T`` ways (gate and up rows of
-``gate_up_weight`` separately, ``down_weight`` by columns). Routing (the router linear, softmax,
-top-k) stays whole and runs on every rank; the router is listed as replicated by choice.
+``gate_up_weight`` separately, or the up rows of ungated experts; ``down_weight`` by columns).
+Routing (the router linear, softmax, top-k) stays whole and runs on every rank; the router is
+listed as replicated by choice.
 
 Rewrite (``apply_expert_split``, run by the executor)::
 
