@@ -41,6 +41,8 @@ def torch_rope_with_explicit_cos_sin(
     rotary_dim = cos.shape[-1]
 
     def rotate(x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and x.shape[-1] == rotary_dim:  # no split, no casts
+            return x * cos + _rotate_half(x) * sin
         x_rot, x_pass = _split_rotary(x, rotary_dim)
         x_rot = x_rot.float() * cos + _rotate_half(x_rot.float()) * sin
         return torch.cat((x_rot.to(x.dtype), x_pass), dim=-1)
