@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -217,8 +218,30 @@ def test_full_waiting_queue_answers_503_with_retry_after(served):
     assert wait_until(lambda: served.llm.engine.num_running == 0)
 
 
+class _SlowModel:
+    """Wraps the model; each step takes at least ``seconds`` (the CPU path is fast enough that
+    a 480-token request could finish before a test reads its first event)."""
+
+    def __init__(self, model, seconds: float):
+        self.model, self.seconds = model, seconds
+
+    def __call__(self, **kwargs):
+        time.sleep(self.seconds)
+        return self.model(**kwargs)
+
+
+@pytest.fixture
+def slow_steps(served):
+    engine = served.llm.engine
+    engine.model = _SlowModel(engine.model, 0.005)  # 480 tokens: at least 2.4 s
+    try:
+        yield
+    finally:
+        engine.model = engine.model.model
+
+
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_disconnecting_client_frees_its_pages(served, stream):
+def test_a_disconnecting_client_frees_its_pages(served, slow_steps, stream):
     engine = served.llm.engine
     assert wait_until(lambda: engine.kv_cache_usage == 0.0)
     generated_before = engine.stats.generated_tokens
