@@ -13,37 +13,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ssm_helpers import SSM_NEW_TOKENS as NEW_TOKENS
 from test_canonical_architectures import build
-from test_greedy_parity import PAGE_SIZE, hf_greedy, llm_settings, make_prompts
-from tiny_models import save_tiny
+from test_greedy_parity import PAGE_SIZE, make_prompts
 
-from autodeploy import LLM, SamplingParams
+from autodeploy import SamplingParams
 from autodeploy.transforms.graph_utils import count_ops
 
 ad = torch.ops.auto_deploy
-NEW_TOKENS = 8  # crosses a chunk boundary of the scan (chunk 8)
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
 # arch -> layers holding experts (from the layer pattern in tiny_models.py)
 MOE_LAYERS = {"granitemoehybrid_moe": [0, 1], "nemotron_h_moe": [1]}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """arch -> (LLM on the torch backends, HF model, HF greedy tokens per prompt); lazily."""
-    cache: dict[str, tuple] = {}
-
-    def get(arch: str):
-        if arch not in cache:
-            path = tmp_path_factory.mktemp(arch)
-            model = save_tiny(path, arch)
-            expected = [hf_greedy(model, p, NEW_TOKENS) for p in make_prompts()]
-            llm = LLM(model=str(path), **{**llm_settings("torch"), "max_batch_size": 2})
-            cache[arch] = (llm, model, expected)
-        return cache[arch]
-
-    yield get
-    for llm, _, _ in cache.values():
-        llm.shutdown()
 
 
 @pytest.mark.parametrize("arch", list(MOE_LAYERS))

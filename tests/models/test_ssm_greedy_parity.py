@@ -12,33 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_greedy_parity import generate_staggered, hf_greedy, llm_settings, make_prompts
-from tiny_models import save_tiny
+from ssm_helpers import SSM_NEW_TOKENS as NEW_TOKENS
+from test_greedy_parity import generate_staggered, make_prompts
 
 from autodeploy import LLM, SamplingParams
 
 ARCHS = ["mamba2", "nemotron_h", "bamba"]
-NEW_TOKENS = 8  # enough to cross a chunk boundary of the scan; keeps the suite fast
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """arch -> (LLM on the torch backends, HF model, HF tokens per prompt); built lazily."""
-    cache: dict[str, tuple] = {}
-
-    def get(arch: str):
-        if arch not in cache:
-            path = tmp_path_factory.mktemp(arch)
-            model = save_tiny(path, arch)
-            expected = [hf_greedy(model, p, NEW_TOKENS) for p in make_prompts()]
-            settings = {**llm_settings("torch"), "max_batch_size": 2}
-            cache[arch] = (LLM(model=str(path), **settings), model, expected)
-        return cache[arch]
-
-    yield get
-    for llm, _, _ in cache.values():
-        llm.shutdown()
 
 
 def assert_all_free(llm: LLM) -> None:
