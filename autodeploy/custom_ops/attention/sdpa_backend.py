@@ -127,8 +127,7 @@ def _make_plan(
                 valid=q_index < q_lens[:, None],
             )
         )
-    in_order = num_prefill == 0 and num_tokens == num_seqs
-    return _StepPlan(write_rows, groups, in_order)
+    return _StepPlan(write_rows, groups)  # a prefill comes first: queries need the scatter
 
 
 def _decode_plan(

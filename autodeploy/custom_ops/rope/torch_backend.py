@@ -40,12 +40,14 @@ def torch_rope_with_explicit_cos_sin(
     sin = sin.float().unsqueeze(unsqueeze_dim)
     rotary_dim = cos.shape[-1]
 
+    def rotate_fp32(x32: Tensor) -> Tensor:
+        return x32 * cos + _rotate_half(x32) * sin
+
     def rotate(x: Tensor) -> Tensor:
         if x.dtype == torch.float32 and x.shape[-1] == rotary_dim:  # no split, no casts
-            return x * cos + _rotate_half(x) * sin
+            return rotate_fp32(x)
         x_rot, x_pass = _split_rotary(x, rotary_dim)
-        x_rot = x_rot.float() * cos + _rotate_half(x_rot.float()) * sin
-        return torch.cat((x_rot.to(x.dtype), x_pass), dim=-1)
+        return torch.cat((rotate_fp32(x_rot.float()).to(x.dtype), x_pass), dim=-1)
 
     return rotate(q), rotate(k)
 
